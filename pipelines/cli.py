@@ -1,0 +1,89 @@
+"""The `pairforge` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Generate, label and train on categorized visual preference pairs.")
+models_app = typer.Typer(no_args_is_help=True, help="Model utilities.")
+app.add_typer(models_app, name="models")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _fail(message: str) -> None:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def run(config: Path = typer.Argument(..., help="run config (YAML)"),
+        output: str | None = typer.Option(None, help="override output.path")) -> None:
+    """Run a pipeline config: prompts -> generated, judged pairs -> shards, manifest and stats in OUTPUT."""
+    from pipelines.run import run as run_pipeline
+    from pipelines.stats import format_stats
+    from schemas.config import ConfigError, load_run_config
+
+    _setup_logging()
+    try:
+        cfg = load_run_config(config, {"output.path": output} if output else None)
+    except ConfigError as e:
+        _fail(str(e))
+    report = run_pipeline(cfg, str(config))
+    typer.echo(format_stats(report))
+    typer.echo(f"output: {os.path.abspath(cfg.output.path)}")
+
+
+@app.command()
+def stats(output: Path = typer.Argument(..., help="output directory of a run"),
+          as_json: bool = typer.Option(False, "--json", help="print the report as JSON")) -> None:
+    """Counts, agreement, position-bias rate and abstentions of an output directory."""
+    from pipelines.stats import format_stats, write_stats
+
+    if not (output / "pairs").is_dir():
+        _fail(f"{output}: not a pairforge output directory (no pairs/ inside)")
+    report = write_stats(output)
+    typer.echo(json.dumps(report, indent=1) if as_json else format_stats(report))
+
+
+@app.command()
+def train(config: Path = typer.Argument(..., help="training config (YAML)")) -> None:
+    """Diffusion-DPO / Poly-DPO with Ray Train on pair shards; resumes from the latest checkpoint."""
+    from schemas.config import ConfigError, load_train_config
+    from training.train import train as train_job
+
+    _setup_logging()
+    try:
+        cfg = load_train_config(config)
+    except (ConfigError, FileNotFoundError) as e:
+        _fail(str(e))
+    result = train_job(cfg)
+    m = result.metrics or {}
+    typer.echo(f"trained to step {m.get('step')}: loss {m.get('loss', float('nan')):.4f}, "
+               f"implicit acc {m.get('implicit_acc', float('nan')):.2f}")
+    typer.echo(f"checkpoint: {Path(cfg.output).resolve() / cfg.name / 'final'}")
+
+
+@models_app.command("tiny")
+def tiny(directory: Path = typer.Argument(..., help="where to build the kit")) -> None:
+    """Build the tiny-model kit (random weights, real architectures) into DIRECTORY, offline."""
+    from workers.runtime import setup_worker
+    from workers.tiny_models import TINY_MODELS, build_tiny_models
+
+    setup_worker()
+    build_tiny_models(directory)
+    for name, kind in TINY_MODELS.items():
+        typer.echo(f"{kind:<10} {directory / name}")
+
+
+def main() -> None:
+    sys.exit(app())

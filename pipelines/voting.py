@@ -1,0 +1,96 @@
+"""From judge votes to a label: order-averaged per-judge preferences, then a panel majority.
+
+Per judge, each order gives the probability that image a is better: P(A) renormalised over the two
+options when a is shown first ("AB"), P(B) when it is shown second ("BA"). Their mean cancels a
+pure position bias: a judge that always answers "A" gives 1 and 0, so 0.5, no preference. A judge
+needs both orders; if either abstained, the judge abstains.
+
+The panel picks image a or b when at least `quorum` judges prefer it and more prefer it than the
+other; otherwise the pair is undecided (tie, no_quorum, all_abstained) and written as such.
+Confidence treats judges as independent evidence (a product of experts): sigmoid of the sum of the
+judges' log-odds for the winner. A unanimous panel is therefore at least as confident as each judge.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+from schemas.config import PanelConfig
+
+
+def _option_prob_a(vote: dict) -> float | None:
+    """P(option "A") renormalised over the two options, or None for an abstention."""
+    if vote.get("choice") is None or vote.get("logprob_a") is None or vote.get("logprob_b") is None:
+        return None
+    lp_a, lp_b = vote["logprob_a"], vote["logprob_b"]
+    return 1.0 / (1.0 + math.exp(min(lp_b - lp_a, 700.0)))
+
+
+@dataclass(frozen=True)
+class JudgeVerdict:
+    judge: str
+    p_a: float | None          # order-averaged probability that image a is better; None = abstained
+    verdict: str               # "a" | "b" | "tie" | "abstain"
+    position_flip: bool        # both orders named the same letter (the choice followed the position)
+
+
+def judge_verdict(judge: str, votes: list[dict], tie_margin: float = 0.0) -> JudgeVerdict:
+    by_order = {v["order"]: v for v in votes if v["judge"] == judge}
+    ab, ba = by_order.get("AB"), by_order.get("BA")
+    p_ab = _option_prob_a(ab) if ab else None
+    p_ba = _option_prob_a(ba) if ba else None
+    if p_ab is None or p_ba is None:
+        return JudgeVerdict(judge, None, "abstain", False)
+    p_a = 0.5 * (p_ab + (1.0 - p_ba))  # in order BA, image a is option "B"
+    if p_a > 0.5 + tie_margin:
+        verdict = "a"
+    elif p_a < 0.5 - tie_margin:
+        verdict = "b"
+    else:
+        verdict = "tie"
+    return JudgeVerdict(judge, p_a, verdict, ab["choice"] == ba["choice"])
+
+
+@dataclass(frozen=True)
+class PanelLabel:
+    winner: str | None         # "a" | "b" | None (undecided)
+    reason: str | None         # why undecided: "tie" | "no_quorum" | "all_abstained"
+    agreement: float | None    # share of judges with a verdict (a, b or tie) that chose the winner
+    confidence: float | None   # sigmoid(sum of the judges' log-odds for the winner)
+    verdicts: tuple[JudgeVerdict, ...]
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return math.log(p / (1 - p))
+
+
+def panel_label(votes: list[dict], judges: list[str], quorum: int, tie_margin: float = 0.0) -> PanelLabel:
+    verdicts = tuple(judge_verdict(j, votes, tie_margin) for j in judges)
+    voting = [v for v in verdicts if v.verdict != "abstain"]
+    if not voting:
+        return PanelLabel(None, "all_abstained", None, None, verdicts)
+    n_a = sum(v.verdict == "a" for v in voting)
+    n_b = sum(v.verdict == "b" for v in voting)
+    if n_a == n_b:
+        return PanelLabel(None, "tie", None, None, verdicts)
+    winner, n_win = ("a", n_a) if n_a > n_b else ("b", n_b)
+    if n_win < quorum:
+        return PanelLabel(None, "no_quorum", None, None, verdicts)
+    log_odds = sum(_logit(v.p_a) for v in voting)
+    if winner == "b":
+        log_odds = -log_odds
+    confidence = 1.0 / (1.0 + math.exp(-max(min(log_odds, 700.0), -700.0)))
+    return PanelLabel(winner, None, n_win / len(voting), confidence, verdicts)
+
+
+def panel_decider(panel: PanelConfig):
+    """decide(row) for pipelines.records.build_records: the panel's label from the row's `votes` JSON."""
+
+    def decide(row: dict):
+        label = panel_label(json.loads(row.get("votes") or "[]"), panel.judges, panel.quorum, panel.tie_margin)
+        return label.winner, label.reason, label.agreement, label.confidence
+
+    return decide

@@ -1,0 +1,132 @@
+"""The pair-shard record: one pyarrow schema for decided pairs, one for pairs the labeler left undecided.
+
+Images are `{bytes, path}` structs, the layout Hugging Face `datasets` decodes as `Image()`; the schema
+metadata carries the `datasets` features so `load_dataset("parquet", ...)` yields PIL images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cache
+
+import pyarrow as pa
+
+PIPELINE_VERSION = "0.1.0"
+
+IMAGE_CATEGORIES = ("aesthetics", "alignment", "text_rendering", "human_quality", "composition")
+VIDEO_CATEGORIES = ("motion_quality", "visual_quality", "video_text_alignment")
+CATEGORIES = IMAGE_CATEGORIES + VIDEO_CATEGORIES
+LABEL_SOURCES = ("vlm_panel", "ocr", "construction", "inherited", "reward")
+UNDECIDED_REASONS = ("tie", "no_quorum", "all_abstained")
+
+IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+GENERATOR = pa.struct([
+    ("name", pa.string()),            # the generator's name in the run config
+    ("model", pa.string()),           # model ref as configured (hub id, local path or tiny:<name>)
+    ("seed", pa.int64()),
+    ("steps", pa.int32()),
+    ("guidance_scale", pa.float32()),
+    ("params", pa.string()),          # JSON of every other pipeline call argument
+])
+VOTE = pa.struct([
+    ("judge", pa.string()),
+    ("order", pa.string()),           # "AB": image a shown first; "BA": swapped
+    ("choice", pa.string()),          # the option the judge picked in that order, "A" | "B"; null = abstained
+    ("logprob_a", pa.float64()),      # log-probability of the option token "A" (null when unavailable)
+    ("logprob_b", pa.float64()),
+    ("note", pa.string()),            # why it abstained, or the raw answer when it was parsed from text
+])
+REWARD = pa.struct([("model", pa.string()), ("score_w", pa.float64()), ("score_l", pa.float64())])
+
+_COMMON_HEAD = [
+    ("pair_id", pa.string()),
+    ("category", pa.string()),
+    ("prompt", pa.string()),
+    ("prompt_id", pa.string()),
+    ("prompt_source", pa.string()),
+]
+_COMMON_TAIL = [
+    ("created_at", pa.timestamp("us", tz="UTC")),
+    ("pipeline_version", pa.string()),
+    ("config_hash", pa.string()),
+]
+
+PAIR_FIELDS = _COMMON_HEAD + [
+    ("image_w", IMAGE),
+    ("image_l", IMAGE),
+    ("generator_w", GENERATOR),
+    ("generator_l", GENERATOR),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("label_source", pa.string()),
+    ("votes", pa.list_(VOTE)),
+    ("agreement", pa.float64()),      # share of the judges with a verdict that chose the winner
+    ("confidence", pa.float64()),     # panel probability that the winner is better (see pipelines/voting.py)
+    ("rewards", pa.list_(REWARD)),
+] + _COMMON_TAIL
+
+UNDECIDED_FIELDS = _COMMON_HEAD + [
+    ("image_a", IMAGE),
+    ("image_b", IMAGE),
+    ("generator_a", GENERATOR),
+    ("generator_b", GENERATOR),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("reason", pa.string()),          # one of UNDECIDED_REASONS
+    ("votes", pa.list_(VOTE)),
+] + _COMMON_TAIL
+
+_IMAGE_COLUMNS = ("image_w", "image_l", "image_a", "image_b")
+
+
+def _with_hf_features(fields) -> pa.Schema:
+    from datasets import Features, Image
+
+    schema = pa.schema(fields)
+    features = Features.from_arrow_schema(schema)
+    for name in _IMAGE_COLUMNS:
+        if name in features:
+            features[name] = Image()
+    return schema.with_metadata({"huggingface": json.dumps({"info": {"features": features.to_dict()}})})
+
+
+@cache
+def pair_schema() -> pa.Schema:
+    return _with_hf_features(PAIR_FIELDS)
+
+
+@cache
+def undecided_schema() -> pa.Schema:
+    return _with_hf_features(UNDECIDED_FIELDS)
+
+
+def stable_hash(*parts: object, length: int = 16) -> str:
+    """Hex digest of the canonical JSON of `parts`: the same inputs give the same id on every machine."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:length]
+
+
+def make_prompt_id(source: str, text: str) -> str:
+    return stable_hash("prompt", source, text)
+
+
+def make_pair_id(category: str, prompt_id: str, spec: dict) -> str:
+    """`spec` holds everything that decides the pair's content (both sides' generator settings, seeds,
+    prompt edits); re-running the same config yields the same ids, so finished pairs are skipped."""
+    return stable_hash("pair", category, prompt_id, spec, length=24)
+
+
+def validate_table(table: pa.Table, schema: pa.Schema) -> None:
+    """Raise ValueError naming the first column that does not match `schema`."""
+    names = set(table.schema.names)
+    missing = [f.name for f in schema if f.name not in names]
+    if missing:
+        raise ValueError(f"missing columns: {missing}")
+    for f in schema:
+        got = table.schema.field(f.name).type
+        if got != f.type:
+            raise ValueError(f"column {f.name!r}: expected {f.type}, got {got}")
+    for col in ("pair_id", "category", "prompt_id"):
+        if table.column(col).null_count:
+            raise ValueError(f"column {col!r} has nulls")
