@@ -25,17 +25,24 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+SET_HELP = "override a config key: dotted.path=YAML-value (repeatable)"
+
+
 @app.command()
 def run(config: Path = typer.Argument(..., help="run config (YAML)"),
-        output: str | None = typer.Option(None, help="override output.path")) -> None:
+        output: str | None = typer.Option(None, help="override output.path"),
+        set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Run a pipeline config: prompts -> generated, judged pairs -> shards, manifest and stats in OUTPUT."""
     from pipelines.run import run as run_pipeline
     from pipelines.stats import format_stats
-    from schemas.config import ConfigError, load_run_config
+    from schemas.config import ConfigError, load_run_config, parse_overrides
 
     _setup_logging()
     try:
-        cfg = load_run_config(config, {"output.path": output} if output else None)
+        overrides = parse_overrides(set_)
+        if output:
+            overrides["output.path"] = output
+        cfg = load_run_config(config, overrides)
     except ConfigError as e:
         _fail(str(e))
     report = run_pipeline(cfg, str(config))
@@ -56,14 +63,15 @@ def stats(output: Path = typer.Argument(..., help="output directory of a run"),
 
 
 @app.command()
-def train(config: Path = typer.Argument(..., help="training config (YAML)")) -> None:
+def train(config: Path = typer.Argument(..., help="training config (YAML)"),
+          set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Diffusion-DPO / Poly-DPO with Ray Train on pair shards; resumes from the latest checkpoint."""
-    from schemas.config import ConfigError, load_train_config
+    from schemas.config import ConfigError, load_train_config, parse_overrides
     from training.train import train as train_job
 
     _setup_logging()
     try:
-        cfg = load_train_config(config)
+        cfg = load_train_config(config, parse_overrides(set_))
     except (ConfigError, FileNotFoundError) as e:
         _fail(str(e))
     result = train_job(cfg)
@@ -87,3 +95,7 @@ def tiny(directory: Path = typer.Argument(..., help="where to build the kit")) -
 
 def main() -> None:
     sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

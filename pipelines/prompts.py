@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 from ray.data.datasource import FileBasedDatasource
+from ray.data.expressions import col
 
 from schemas.config import PromptFilters, PromptSource, RunConfig
 from schemas.pair import make_prompt_id, stable_hash
@@ -164,8 +165,8 @@ def plan_prompts(cfg: RunConfig):
                         batch_format="pyarrow"))
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     ds = ds.materialize()  # read once; it feeds both the rejects and the kept prompts
-    rejected = ds.filter(lambda r: r["reject_reason"] is not None)
-    valid = ds.filter(lambda r: r["reject_reason"] is None)
+    rejected = ds.filter(expr=col("reject_reason").is_not_null())
+    valid = ds.filter(expr=col("reject_reason").is_null())
 
     def keep_first(group: pa.Table) -> pa.Table:
         group = group.set_column(group.schema.get_field_index("reject_reason"), "reject_reason",
@@ -181,7 +182,7 @@ def plan_prompts(cfg: RunConfig):
     partitions = max(1, min(200, valid.count() // 50_000))
     deduped = valid.groupby("dedup_key", num_partitions=partitions).map_groups(keep_first, batch_format="pyarrow").materialize()
     categories = list(cfg.categories)
-    kept = deduped.filter(lambda r: r["reject_reason"] is None).map_batches(
+    kept = deduped.filter(expr=col("reject_reason").is_null()).map_batches(
         lambda b: {**b, "category": [route(h, categories) for h in b["category_hint"]]}, batch_format="numpy")
-    rejects = rejected.union(deduped.filter(lambda r: r["reject_reason"] is not None))
+    rejects = rejected.union(deduped.filter(expr=col("reject_reason").is_not_null()))
     return kept, rejects

@@ -16,12 +16,13 @@ import time
 from importlib import metadata
 
 import pyarrow as pa
+from ray.data.expressions import col
 
 from pipelines.prompts import plan_prompts
 from pipelines.stages import apply_worker_pools, used_models
 from pipelines.stats import format_stats, write_stats
 from pipelines.store import OutputStore, ShardSink, new_run_id
-from schemas.config import RayConfig, RunConfig, load_run_config
+from schemas.config import ConfigError, RayConfig, RunConfig, load_run_config, parse_overrides
 from schemas.pair import PIPELINE_VERSION
 from workers.runtime import WORKER_ENV
 from workers.tiny_models import resolve_model_ref
@@ -55,7 +56,7 @@ def init_ray(rc: RayConfig) -> None:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
         mem = rc.object_store_memory_mb * 2**20 if rc.object_store_memory_mb else None
-        ray.init(num_cpus=rc.num_cpus, object_store_memory=mem, include_dashboard=rc.include_dashboard,
+        ray.init(address="local", num_cpus=rc.num_cpus, object_store_memory=mem, include_dashboard=rc.include_dashboard,
                  logging_level=logging.WARNING, runtime_env={"env_vars": {**WORKER_ENV, **rc.env_vars}})
 
 
@@ -106,9 +107,10 @@ def run(cfg: RunConfig, config_path: str | None = None) -> dict:
 
     branches, planned = [], {}
     for category, ccfg in cfg.categories.items():
-        todo = kept.filter(lambda r, c=category: r["category"] == c).map_batches(
+        todo = kept.filter(expr=col("category") == category).map_batches(
             recipe(category).plan, fn_kwargs=dict(cfg=cfg), batch_format="numpy")
-        todo = todo.filter(lambda r: r["pair_id"] not in done)
+        if done:
+            todo = todo.filter(expr=col("pair_id").not_in(sorted(done)))
         if ccfg.target_pairs is not None:
             remaining = ccfg.target_pairs - decided.get(category, 0)
             if remaining <= 0:
@@ -144,9 +146,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.run", description=__doc__.splitlines()[0])
     parser.add_argument("config")
     parser.add_argument("--output", help="override output.path")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (dotted path, YAML value); repeatable")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cfg = load_run_config(args.config, {"output.path": args.output} if args.output else None)
+    overrides = parse_overrides(args.set)
+    if args.output:
+        overrides["output.path"] = args.output
+    try:
+        cfg = load_run_config(args.config, overrides)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
     report = run(cfg, args.config)
     print(format_stats(report))
     print(f"output: {os.path.abspath(cfg.output.path)}")

@@ -1,9 +1,10 @@
 """From judge votes to a label: order-averaged per-judge preferences, then a panel majority.
 
-Per judge, each order gives the probability that image a is better: P(A) renormalised over the two
-options when a is shown first ("AB"), P(B) when it is shown second ("BA"). Their mean cancels a
-pure position bias: a judge that always answers "A" gives 1 and 0, so 0.5, no preference. A judge
-needs both orders; if either abstained, the judge abstains.
+Per judge, each order gives the log-odds that image a is better, from the two option log-probs:
+log P(A) - log P(B) when a is shown first ("AB"), log P(B) - log P(A) when it is shown second
+("BA"). Their mean cancels a pure position bias exactly: a judge that always prefers "A" by the same
+margin scores +m and -m, so 0, no preference. A judge needs both orders; if either abstained, the
+judge abstains. Its probability that a is better is p_a = sigmoid(mean log-odds).
 
 The panel picks image a or b when at least `quorum` judges prefer it and more prefer it than the
 other; otherwise the pair is undecided (tie, no_quorum, all_abstained) and written as such.
@@ -20,18 +21,22 @@ from dataclasses import dataclass
 from schemas.config import PanelConfig
 
 
-def _option_prob_a(vote: dict) -> float | None:
-    """P(option "A") renormalised over the two options, or None for an abstention."""
+def _option_log_odds_a(vote: dict) -> float | None:
+    """log P(option "A") - log P(option "B"), or None for an abstention."""
     if vote.get("choice") is None or vote.get("logprob_a") is None or vote.get("logprob_b") is None:
         return None
-    lp_a, lp_b = vote["logprob_a"], vote["logprob_b"]
-    return 1.0 / (1.0 + math.exp(min(lp_b - lp_a, 700.0)))
+    return vote["logprob_a"] - vote["logprob_b"]
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(min(x, 700.0), -700.0)))
 
 
 @dataclass(frozen=True)
 class JudgeVerdict:
     judge: str
-    p_a: float | None          # order-averaged probability that image a is better; None = abstained
+    log_odds_a: float | None   # order-averaged log-odds that image a is better; None = abstained
+    p_a: float | None          # sigmoid(log_odds_a)
     verdict: str               # "a" | "b" | "tie" | "abstain"
     position_flip: bool        # both orders named the same letter (the choice followed the position)
 
@@ -39,18 +44,21 @@ class JudgeVerdict:
 def judge_verdict(judge: str, votes: list[dict], tie_margin: float = 0.0) -> JudgeVerdict:
     by_order = {v["order"]: v for v in votes if v["judge"] == judge}
     ab, ba = by_order.get("AB"), by_order.get("BA")
-    p_ab = _option_prob_a(ab) if ab else None
-    p_ba = _option_prob_a(ba) if ba else None
-    if p_ab is None or p_ba is None:
-        return JudgeVerdict(judge, None, "abstain", False)
-    p_a = 0.5 * (p_ab + (1.0 - p_ba))  # in order BA, image a is option "B"
-    if p_a > 0.5 + tie_margin:
+    lo_ab = _option_log_odds_a(ab) if ab else None
+    lo_ba = _option_log_odds_a(ba) if ba else None
+    if lo_ab is None or lo_ba is None:
+        return JudgeVerdict(judge, None, None, "abstain", False)
+    log_odds = 0.5 * (lo_ab - lo_ba)  # in order BA, image a is option "B"
+    p_a = _sigmoid(log_odds)
+    if log_odds == 0.0:
+        verdict = "tie"
+    elif p_a > 0.5 + tie_margin:
         verdict = "a"
     elif p_a < 0.5 - tie_margin:
         verdict = "b"
     else:
         verdict = "tie"
-    return JudgeVerdict(judge, p_a, verdict, ab["choice"] == ba["choice"])
+    return JudgeVerdict(judge, log_odds, p_a, verdict, ab["choice"] == ba["choice"])
 
 
 @dataclass(frozen=True)
@@ -60,11 +68,6 @@ class PanelLabel:
     agreement: float | None    # share of judges with a verdict (a, b or tie) that chose the winner
     confidence: float | None   # sigmoid(sum of the judges' log-odds for the winner)
     verdicts: tuple[JudgeVerdict, ...]
-
-
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-12), 1 - 1e-12)
-    return math.log(p / (1 - p))
 
 
 def panel_label(votes: list[dict], judges: list[str], quorum: int, tie_margin: float = 0.0) -> PanelLabel:
@@ -79,10 +82,8 @@ def panel_label(votes: list[dict], judges: list[str], quorum: int, tie_margin: f
     winner, n_win = ("a", n_a) if n_a > n_b else ("b", n_b)
     if n_win < quorum:
         return PanelLabel(None, "no_quorum", None, None, verdicts)
-    log_odds = sum(_logit(v.p_a) for v in voting)
-    if winner == "b":
-        log_odds = -log_odds
-    confidence = 1.0 / (1.0 + math.exp(-max(min(log_odds, 700.0), -700.0)))
+    log_odds = sum(v.log_odds_a for v in voting)
+    confidence = _sigmoid(log_odds if winner == "a" else -log_odds)
     return PanelLabel(winner, None, n_win / len(voting), confidence, verdicts)
 
 

@@ -166,6 +166,17 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """`["a.b=3", "c=[x, y]"]` -> `{"a.b": 3, "c": ["x", "y"]}` (values parsed as YAML)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. categories.composition.target_pairs=10")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def load_yaml_model(path: str | Path, model: type[BaseModel], overrides: dict | None = None):
     path = Path(path)
     try:

@@ -1,0 +1,41 @@
+"""Test helpers: prompt files (well-formed or deliberately broken) and small run configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    """Rows are dicts (written as JSON) or raw strings/bytes (written verbatim, for malformed input)."""
+    with open(path, "wb") as f:
+        for r in rows:
+            if isinstance(r, dict):
+                f.write(json.dumps(r).encode() + b"\n")
+            else:
+                f.write((r.encode() if isinstance(r, str) else r) + b"\n")
+    return path
+
+
+def small_run_config(tmp_path: Path, n_prompts: int = 8, **overrides):
+    """The demo config, pointed at `n_prompts` composition prompts of the bundled set and a temp output."""
+    import yaml
+
+    from schemas.config import RunConfig
+
+    prompts = [json.loads(line) for line in (REPO / "prompts/pairforge-v1.jsonl").read_text().splitlines()]
+    chosen = [p for p in prompts if p["category"] == "composition"][:n_prompts]
+    src = write_jsonl(tmp_path / "prompts.jsonl", chosen)
+    data = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
+    data["output"] = {"path": str(tmp_path / "out"), "rows_per_file": 4}
+    data["prompts"] = [{"path": str(src), "source": "test"}]
+    data["categories"]["composition"]["target_pairs"] = None
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return RunConfig.model_validate(data)

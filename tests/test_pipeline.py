@@ -1,0 +1,127 @@
+"""End to end on real local Ray with the tiny models: composition pairs, shards, manifest, resume."""
+
+import io
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+from helpers import small_run_config
+from PIL import Image
+
+from pipelines.run import run
+from pipelines.stats import compute_stats
+from pipelines.store import TMP_PREFIX, OutputStore, sha256_file, shard_files
+from schemas.pair import pair_schema, undecided_schema, validate_table
+
+
+def all_rows(out, kind):
+    files = shard_files(out, kind)
+    return [r for f in files for r in pq.read_table(f).to_pylist()]
+
+
+def snapshot(out):
+    return {str(p.relative_to(out)): (p.stat().st_mtime_ns, sha256_file(p))
+            for kind in ("pairs", "undecided", "errors") for p in shard_files(out, kind)}
+
+
+def test_every_prompt_becomes_a_labelled_pair(composition_run):
+    cfg, out, report = composition_run
+    pairs, undecided = all_rows(out, "pairs"), all_rows(out, "undecided")
+    assert len(pairs) + len(undecided) == 8 and not shard_files(out, "errors")
+    assert report["categories"]["composition"]["pairs"] == len(pairs) > 0
+    judges = cfg.panels["main"].judges
+    for row in pairs:
+        assert row["category"] == "composition" and row["label_source"] == "vlm_panel"
+        assert sorted((v["judge"], v["order"]) for v in row["votes"]) == sorted((j, o) for j in judges for o in ("AB", "BA"))
+        assert 0.5 <= row["agreement"] <= 1.0 and 0.0 <= row["confidence"] <= 1.0
+        assert {row["generator_w"]["name"], row["generator_l"]["name"]} == {"sd", "flux"}
+        assert row["generator_w"]["seed"] == row["generator_l"]["seed"]
+        assert [r["model"] for r in row["rewards"]] == ["clip"]
+        for side in ("image_w", "image_l"):
+            assert Image.open(io.BytesIO(row[side]["bytes"])).size == (row["width"], row["height"]) == (64, 64)
+    assert len({r["pair_id"] for r in pairs + undecided}) == 8
+
+
+def test_shards_validate_against_the_schema_and_are_bounded(composition_run):
+    cfg, out, _ = composition_run
+    for kind, schema in (("pairs", pair_schema()), ("undecided", undecided_schema())):
+        for f in shard_files(out, kind):
+            table = pq.read_table(f)
+            validate_table(table, schema)
+            assert table.num_rows <= cfg.output.rows_per_file
+
+
+def test_manifest_lists_every_shard_with_its_checksum(composition_run):
+    cfg, out, _ = composition_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    on_disk = {str(p.relative_to(out)) for k in ("pairs", "undecided") for p in shard_files(out, k)}
+    assert {f["path"] for f in manifest["files"]} == on_disk
+    for f in manifest["files"]:
+        assert sha256_file(out / f["path"]) == f["sha256"]
+        assert pq.ParquetFile(out / f["path"]).metadata.num_rows == f["rows"]
+    run_entry = manifest["runs"][-1]
+    assert run_entry["config"]["name"] == cfg.name and run_entry["config_hash"] == cfg.config_hash()
+    assert {"ray", "torch", "diffusers", "transformers"} <= set(run_entry["versions"])
+    counts = manifest["counts"]["composition"]
+    assert counts["pairs"] + counts["undecided"] == 8
+
+
+def test_huggingface_datasets_decodes_the_images(composition_run):
+    import datasets
+
+    _, out, _ = composition_run
+    ds = datasets.load_dataset("parquet", data_files=str(out / "pairs/composition/*.parquet"), split="train")
+    row = ds[0]
+    assert isinstance(row["image_w"], Image.Image) and row["image_w"].size == (64, 64)
+    assert len(row["votes"]) == 6
+
+
+def test_rerun_adds_nothing_and_rewrites_nothing(composition_run):
+    cfg, out, report = composition_run
+    before = snapshot(out)
+    again = run(cfg)
+    assert snapshot(out) == before
+    assert again["categories"] == report["categories"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["runs"][-1]["planned"] == {"composition": 0} and manifest["runs"][-1]["written"] == {}
+
+
+def test_killed_run_resumes_without_duplicates(composition_run, tmp_path):
+    cfg, out, _ = composition_run
+    crashed = tmp_path / "out"
+    shutil.copytree(out, crashed)
+    shards = shard_files(crashed, "pairs")
+    lost = shards[0]
+    lost_ids = set(pq.read_table(lost, columns=["pair_id"]).column("pair_id").to_pylist())
+    lost.unlink()  # as if the run died before this shard was renamed into place ...
+    partial = lost.with_name(TMP_PREFIX + "dead-" + lost.name)
+    partial.write_bytes(b"PAR1 half a parquet file")  # ... leaving its temporary file behind
+    kept = {p: sha256_file(p) for k in ("pairs", "undecided") for p in shard_files(crashed, k)}
+    assert OutputStore(crashed).done_pair_ids().isdisjoint(lost_ids)
+
+    run(cfg.model_copy(update={"output": cfg.output.model_copy(update={"path": str(crashed)})}))
+    assert not partial.exists()
+    assert all(p.exists() and sha256_file(p) == h for p, h in kept.items())  # written shards untouched
+    ids = [r["pair_id"] for k in ("pairs", "undecided") for r in all_rows(crashed, k)]
+    assert len(ids) == len(set(ids)) == 8 and lost_ids <= set(ids)
+
+
+def test_rows_that_cannot_be_generated_are_kept_aside_and_retried(ray_session, tmp_path):
+    # FLUX rejects max_sequence_length > 512: a real generator failure on every row.
+    cfg = small_run_config(tmp_path, n_prompts=3, **{"generators.flux.call_kwargs": {"max_sequence_length": 1024}})
+    report = run(cfg)
+    out = tmp_path / "out"
+    errors = all_rows(out, "errors")
+    assert len(errors) == 3 and all("max_sequence_length" in e["error"] for e in errors)
+    assert report["categories"]["composition"]["errors"] == 3 and not shard_files(out, "pairs")
+    assert OutputStore(out).done_pair_ids() == set()  # failed rows are not done: the next run retries them
+
+
+def test_stats_count_votes_abstentions_and_position_bias(composition_run):
+    _, out, report = composition_run
+    c = report["categories"]["composition"]
+    assert c["votes"] == 8 * 6 and c["abstentions"] == 0
+    assert c["judge_verdicts"] == 8 * 3 and 0 <= c["position_flips"] <= 24
+    assert c["position_bias_rate"] == pytest.approx(c["position_flips"] / 24, abs=1e-4)
+    assert compute_stats(out) == json.loads((out / "stats.json").read_text())
