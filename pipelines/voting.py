@@ -20,11 +20,16 @@ from dataclasses import dataclass
 
 from schemas.config import PanelConfig
 
+TEXT_VOTE_LOG_ODDS = 1.0
+
 
 def _option_log_odds_a(vote: dict) -> float | None:
-    """log P(option "A") - log P(option "B"), or None for an abstention."""
-    if vote.get("choice") is None or vote.get("logprob_a") is None or vote.get("logprob_b") is None:
+    """log P(option "A") - log P(option "B"); a choice read from text alone (a server that returned no
+    option log-probabilities) counts as +/-TEXT_VOTE_LOG_ODDS; None for an abstention."""
+    if vote.get("choice") is None:
         return None
+    if vote.get("logprob_a") is None or vote.get("logprob_b") is None:
+        return TEXT_VOTE_LOG_ODDS if vote["choice"] == "A" else -TEXT_VOTE_LOG_ODDS
     return vote["logprob_a"] - vote["logprob_b"]
 
 

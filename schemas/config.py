@@ -50,15 +50,32 @@ class GeneratorConfig(Strict):
 
 
 class JudgeConfig(Strict):
-    model: str = Field(description="VLM: hub id, local path, or tiny:<name>")
-    backend: Literal["transformers"] = "transformers"
+    model: str = Field(description="VLM: hub id, local path, tiny:<name>; for `openai`, the served model name")
+    backend: Literal["transformers", "vllm", "openai"] = Field(
+        "transformers", description="transformers: CPU default; vllm: in-process engine (GPU default); "
+                                    "openai: an OpenAI-compatible server at `endpoint`")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     batch_size: int = Field(8, ge=1, description="pairs per call; both orders go in one batch")
     max_prompt_chars: int = Field(600, ge=16, description="cap on the untrusted prompt text shown to the judge")
+    max_pixels: int | None = Field(None, ge=784, description="the judge's pixel budget per image (resized to fit)")
     min_option_mass: float = Field(
         0.0, ge=0, le=1,
         description="abstain when P(A) + P(B) over the full vocabulary is below this (the judge is not answering)")
+    engine_kwargs: dict = Field({}, description="vllm: extra vllm.LLM arguments (max_model_len, "
+                                                "gpu_memory_utilization, tensor_parallel_size, ...)")
+    endpoint: str | None = Field(None, description="openai: base URL, e.g. http://judge-host:8000/v1")
+    api_key_env: str | None = Field(None, description="openai: environment variable holding the API key")
+    max_concurrency: int = Field(16, ge=1, description="openai: requests in flight per actor")
+    timeout_s: float = Field(120.0, gt=0, description="openai: per-request timeout")
+    max_retries: int = Field(4, ge=0, description="openai: retries on timeouts, 429 and 5xx, with backoff")
+    backoff_s: float = Field(1.0, ge=0, description="openai: first retry delay; doubles each retry, jittered")
     pool: PoolConfig = PoolConfig()
+
+    @model_validator(mode="after")
+    def _endpoint_for_openai(self):
+        if self.backend == "openai" and not self.endpoint:
+            raise ValueError("backend openai needs `endpoint` (the server's base URL, e.g. http://host:8000/v1)")
+        return self
 
 
 class PanelConfig(Strict):

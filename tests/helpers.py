@@ -19,8 +19,9 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
-def small_run_config(tmp_path: Path, n_prompts: int = 8, **overrides):
-    """The demo config, pointed at `n_prompts` composition prompts of the bundled set and a temp output."""
+def small_run_config(tmp_path: Path, n_prompts: int = 8, overrides: dict | None = None, **dotted):
+    """The demo config, pointed at `n_prompts` composition prompts of the bundled set and a temp output.
+    Overrides: `dotted` keys ("a.b.c") or `overrides` with tuple keys (for names that contain dots)."""
     import yaml
 
     from schemas.config import RunConfig
@@ -32,9 +33,9 @@ def small_run_config(tmp_path: Path, n_prompts: int = 8, **overrides):
     data["output"] = {"path": str(tmp_path / "out"), "rows_per_file": 4}
     data["prompts"] = [{"path": str(src), "source": "test"}]
     data["categories"]["composition"]["target_pairs"] = None
-    for dotted, value in overrides.items():
+    for key, value in {**{tuple(k.split(".")): v for k, v in dotted.items()}, **(overrides or {})}.items():
         node = data
-        *parents, leaf = dotted.split(".")
+        *parents, leaf = key
         for key in parents:
             node = node[key]
         node[leaf] = value

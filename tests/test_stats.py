@@ -1,0 +1,47 @@
+"""`pairforge stats`: abstentions, position flips and undecided reasons counted from real shards."""
+
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from pipelines.stats import compute_stats
+from schemas.pair import pair_schema, undecided_schema
+
+
+def v(judge, order, choice, note=None):
+    lp = {"A": (-0.1, -2.0), "B": (-2.0, -0.1), None: (None, None)}[choice]
+    return {"judge": judge, "order": order, "choice": choice, "logprob_a": lp[0], "logprob_b": lp[1], "note": note}
+
+
+def write(out, kind, schema, rows):
+    path = out / kind / "composition" / "part-r_1-00000-x-000.parquet"
+    path.parent.mkdir(parents=True)
+    common = {"category": "composition", "prompt": "p", "prompt_source": "s", "created_at": datetime.now(timezone.utc),
+              "pipeline_version": "t", "config_hash": "h", "width": 8, "height": 8}
+    pq.write_table(pa.Table.from_pylist([{**common, **r} for r in rows], schema=schema), path)
+
+
+def test_stats_count_abstentions_flips_and_reasons(tmp_path):
+    img = {"bytes": b"x", "path": None}
+    write(tmp_path, "pairs", pair_schema(), [
+        {"pair_id": "1", "prompt_id": "1", "image_w": img, "image_l": img, "label_source": "vlm_panel",
+         "agreement": 1.0, "confidence": 0.9, "rewards": [{"model": "clip", "score_w": 2.0, "score_l": 1.0}],
+         "votes": [v("j1", "AB", "A"), v("j1", "BA", "B"),                     # consistent
+                   v("j2", "AB", "A"), v("j2", "BA", "A"),                     # followed the position
+                   v("j3", "AB", None, "unparseable: ''"), v("j3", "BA", "B")]},
+    ])
+    write(tmp_path, "undecided", undecided_schema(), [
+        {"pair_id": "2", "prompt_id": "2", "image_a": img, "image_b": img, "reason": "all_abstained",
+         "votes": [v("j1", "AB", None, "bad image"), v("j1", "BA", None, "bad image")]},
+    ])
+    c = compute_stats(tmp_path)["categories"]["composition"]
+    assert (c["pairs"], c["undecided"], c["votes"], c["abstentions"]) == (1, 1, 8, 3)
+    assert (c["judge_verdicts"], c["position_flips"], c["position_bias_rate"]) == (2, 1, 0.5)
+    assert c["undecided_reasons"] == {"all_abstained": 1} and c["agreement_histogram"] == {"1.00": 1}
+
+    result = CliRunner().invoke(app, ["stats", str(tmp_path)])
+    assert result.exit_code == 0 and "composition" in result.output and "37.5%" in result.output
+    assert CliRunner().invoke(app, ["stats", str(tmp_path / "nowhere")]).exit_code == 2

