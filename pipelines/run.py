@@ -49,6 +49,8 @@ def init_ray(rc: RayConfig) -> None:
     local Ray sized by the config. An already-initialised Ray (a notebook, the test session) is reused."""
     import ray
 
+    if not sys.stdout.isatty():  # Ray Data logs progress lines when it cannot draw bars: keep logs readable
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     if ray.is_initialized():
         return
     address = rc.address or os.environ.get("RAY_ADDRESS")
