@@ -1,13 +1,16 @@
 """Prompt sources -> normalised, filtered, deduplicated prompts routed to categories (a Ray Dataset).
 
-Every input line is accounted for: it becomes a kept prompt, or a reject with its file, line and
-reason (malformed JSON, missing field, empty, too short/long, duplicate); blank lines are skipped. Rejects are written to
+Sources: JSONL, plain text, Parquet and WebDataset (the last two may carry an existing image per
+prompt). Every input line is accounted for: it becomes a kept prompt, or a reject with its file,
+line and reason (malformed JSON, missing field, empty, too short/long, blocked, bad image, duplicate,
+near duplicate); blank lines are skipped. Rejects are written to
 `OUT/rejects/prompts.parquet` on every run.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from collections.abc import Iterator
 
@@ -18,7 +21,7 @@ from ray.data.expressions import col
 from schemas.config import PromptFilters, PromptSource, RunConfig
 from schemas.pair import make_prompt_id, stable_hash
 
-RAW_COLUMNS = ("file", "line", "text", "category_hint", "error")
+RAW_COLUMNS = ("file", "line", "text", "category_hint", "error")  # + source_image (None for text files)
 _BLOCK_ROWS = 8192
 
 
@@ -54,11 +57,8 @@ class PromptLinesDatasource(FileBasedDatasource):
         rows: dict[str, list] = {c: [] for c in RAW_COLUMNS}
 
         def flush():
-            table = pa.table({
-                "file": pa.array(rows["file"], pa.string()), "line": pa.array(rows["line"], pa.int64()),
-                "text": pa.array(rows["text"], pa.string()),
-                "category_hint": pa.array(rows["category_hint"], pa.string()),
-                "error": pa.array(rows["error"], pa.string())})
+            table = _raw_table(rows["file"], rows["line"], rows["text"], rows["category_hint"], rows["error"],
+                               [None] * len(rows["file"]))
             for c in rows.values():
                 c.clear()
             return table
@@ -89,30 +89,73 @@ class PromptLinesDatasource(FileBasedDatasource):
             yield flush()
 
 
+def _load_image(value, base_dir: str) -> tuple[bytes | None, str | None]:
+    """Image bytes from a column value: raw bytes, a `{bytes, path}` struct, or a path (relative paths
+    resolve against the data file's folder). Returns (bytes, error)."""
+    import os
+
+    if value is None:
+        return None, "missing_image"
+    if isinstance(value, dict):
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, bytes):
+        return value, None
+    path = value if os.path.isabs(value) else os.path.join(base_dir, value)
+    try:
+        with open(path, "rb") as f:
+            return f.read(), None
+    except OSError as e:
+        return None, f"missing_image: {e.strerror}: {value}"
+
+
+def _raw_table(files, lines, texts, hints, errors, images) -> pa.Table:
+    return pa.table({"file": pa.array(files, pa.string()), "line": pa.array(lines, pa.int64()),
+                     "text": pa.array(texts, pa.string()), "category_hint": pa.array(hints, pa.string()),
+                     "error": pa.array(errors, pa.string()), "source_image": pa.array(images, pa.binary())})
+
+
 def read_source(src: PromptSource):
+    """A prompt source as raw rows: file, line, text, category_hint, error, source_image."""
+    import os
+
     import ray
 
     fmt = src.format
     if fmt == "auto":
         suffix = src.path.rsplit(".", 1)[-1].lower()
-        fmt = {"jsonl": "jsonl", "json": "jsonl", "txt": "txt", "parquet": "parquet"}.get(suffix)
+        fmt = {"jsonl": "jsonl", "json": "jsonl", "txt": "txt", "parquet": "parquet", "tar": "webdataset"}.get(suffix)
         if fmt is None:
             raise ValueError(f"prompts: cannot tell the format of {src.path!r} from its suffix; "
-                             "set format: jsonl | txt | parquet")
+                             "set format: jsonl | txt | parquet | webdataset")
+    if fmt in ("jsonl", "txt"):
+        if src.image_field:
+            raise ValueError(f"prompts: {src.path}: image_field needs a parquet or webdataset source")
+        return ray.data.read_datasource(PromptLinesDatasource(
+            src.path, fmt=fmt, text_field=src.text_field, category_field=src.category_field))
+
+    def to_raw(batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        files = batch.column("path").to_pylist() if "path" in batch.column_names else [src.path] * n
+        texts = batch.column(src.text_field).to_pylist()
+        texts = [t.decode("utf-8", "replace") if isinstance(t, bytes) else t for t in texts]
+        hints = batch.column(src.category_field).to_pylist() if src.category_field in batch.column_names else [None] * n
+        images, errors = [None] * n, [None] * n
+        if src.image_field:
+            loaded = [_load_image(v, os.path.dirname(f)) for v, f in zip(batch.column(src.image_field).to_pylist(), files)]
+            images, errors = [b for b, _ in loaded], [e for _, e in loaded]
+        errors = [e or (None if isinstance(t, str) else f"not_text: {src.text_field!r}") for e, t in zip(errors, texts)]
+        texts = [t if isinstance(t, str) else None for t in texts]
+        return _raw_table(files, [None] * n, texts, [h if isinstance(h, str) else None for h in hints], errors, images)
+
     if fmt == "parquet":
-        cols = [src.text_field] + ([src.category_field] if src.category_field else [])
-        ds = ray.data.read_parquet(src.path, columns=cols, include_paths=True)
-
-        def to_raw(batch: pa.Table) -> pa.Table:
-            n = batch.num_rows
-            hint = batch.column(src.category_field).cast(pa.string()) if src.category_field else pa.nulls(n, pa.string())
-            return pa.table({"file": batch.column("path"), "line": pa.nulls(n, pa.int64()),
-                             "text": batch.column(src.text_field).cast(pa.string()), "category_hint": hint,
-                             "error": pa.nulls(n, pa.string())})
-
-        return ds.map_batches(to_raw, batch_format="pyarrow")
-    return ray.data.read_datasource(PromptLinesDatasource(
-        src.path, fmt=fmt, text_field=src.text_field, category_field=src.category_field))
+        cols = [c for c in (src.text_field, src.category_field, src.image_field) if c]
+        try:
+            ds = ray.data.read_parquet(src.path, columns=cols, include_paths=True)
+        except Exception as e:  # pyarrow names the missing column; say which source and what to set
+            raise ValueError(f"prompts: {src.path}: cannot read columns {cols}: {e}") from None
+    else:
+        ds = ray.data.read_webdataset(src.path, decoder=None, include_paths=True)
+    return ds.map_batches(to_raw, batch_format="pyarrow")
 
 
 def normalize_text(text: str) -> str:
@@ -125,10 +168,22 @@ def dedup_key(text: str) -> str:
     return stable_hash("dedup", text.casefold())
 
 
-def classify(batch: dict, source: str, filters: PromptFilters) -> dict:
-    """Adds prompt, prompt_id, prompt_source, dedup_key and reject_reason (None = kept) to raw rows."""
+def blocklist_terms(filters: PromptFilters) -> list[str]:
+    terms = list(filters.blocklist)
+    if filters.blocklist_file:
+        with open(filters.blocklist_file, encoding="utf-8") as f:
+            terms += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    return terms
+
+
+def classify(batch: pa.Table, source: str, filters: PromptFilters, blocklist: list[str]) -> pa.Table:
+    """Raw rows -> adds prompt, prompt_id, prompt_source, dedup_key and reject_reason (None = kept)."""
+    from workers.runtime import decode_image
+
+    blocked = re.compile(r"(?<!\w)(" + "|".join(re.escape(t) for t in blocklist) + r")(?!\w)", re.IGNORECASE) \
+        if blocklist else None
     prompts, ids, keys, reasons = [], [], [], []
-    for text, error in zip(batch["text"], batch["error"]):
+    for text, error, image in zip(*(batch.column(c).to_pylist() for c in ("text", "error", "source_image"))):
         reason = error
         prompt = normalize_text(text) if text is not None else ""
         if reason is None:
@@ -138,51 +193,116 @@ def classify(batch: dict, source: str, filters: PromptFilters) -> dict:
                 reason = f"too_short: {len(prompt)} < {filters.min_chars} chars"
             elif len(prompt) > filters.max_chars:
                 reason = f"too_long: {len(prompt)} > {filters.max_chars} chars"
+            elif blocked and (hit := blocked.search(prompt)):
+                reason = f"blocked: {hit.group(0).lower()}"
+        if reason is None and image is not None:
+            try:
+                decode_image(image)
+            except ValueError as e:
+                reason = f"bad_image: {e}"
         prompts.append(prompt[: filters.max_chars])
         ids.append(make_prompt_id(source, prompt))
         keys.append(dedup_key(prompt))
         reasons.append(reason)
-    batch.update(prompt=prompts, prompt_id=ids, prompt_source=[source] * len(ids), dedup_key=keys,
-                 reject_reason=reasons)
-    del batch["text"], batch["error"]
-    return batch
+    n = batch.num_rows
+    return batch.drop_columns(["text", "error"]).append_column("prompt", pa.array(prompts, pa.string())) \
+        .append_column("prompt_id", pa.array(ids, pa.string())) \
+        .append_column("prompt_source", pa.array([source] * n, pa.string())) \
+        .append_column("dedup_key", pa.array(keys, pa.string())) \
+        .append_column("reject_reason", pa.array(reasons, pa.string()))
 
 
-def route(hint: str | None, categories: list[str]) -> str | None:
-    """A prompt goes to the category its source names, if that category is in this run."""
-    return hint if hint in categories else None
+def _mark(group: pa.Table, reasons: list[str | None]) -> pa.Table:
+    return group.set_column(group.schema.get_field_index("reject_reason"), "reject_reason", pa.array(reasons, pa.string()))
+
+
+def keep_first(group: pa.Table) -> pa.Table:
+    """Exact duplicates: the first source, then the first line, wins."""
+    group = group.sort_by([("source_order", "ascending"), ("line", "ascending")])
+    first = group["prompt_id"][0].as_py()
+    return _mark(group, [None] + [f"duplicate_of: {first}"] * (group.num_rows - 1))
+
+
+def keep_distinct(group: pa.Table, threshold: float) -> pa.Table:
+    """Near duplicates within a cluster, greedily in source/line order: a prompt whose embedding has
+    cosine >= threshold with an already kept one is rejected."""
+    import numpy as np
+
+    group = group.sort_by([("source_order", "ascending"), ("line", "ascending")])
+    vectors = np.asarray(group.column("embedding").to_pylist(), dtype=np.float32)
+    ids = group.column("prompt_id").to_pylist()
+    kept: list[int] = []
+    reasons: list[str | None] = []
+    for i, v in enumerate(vectors):
+        sims = vectors[kept] @ v if kept else np.empty(0)
+        if sims.size and sims.max() >= threshold:
+            j = kept[int(sims.argmax())]
+            reasons.append(f"near_duplicate_of: {ids[j]} (cosine {sims.max():.3f})")
+        else:
+            kept.append(i)
+            reasons.append(None)
+    return _mark(group, reasons).drop_columns(["embedding", "cluster"])
+
+
+def semantic_dedup(valid, cfg: RunConfig, partitions: int):
+    """Embed every prompt (an actor pool), cluster the embeddings (k-means on a sample, ~10k prompts per
+    cluster, as in SemDeDup) and drop near duplicates within each cluster."""
+    import numpy as np
+    from scipy.cluster.vq import kmeans2
+
+    from workers.embedder import PromptEmbedder
+    from workers.tiny_models import resolve_model_ref
+
+    f = cfg.filters
+    pool = f.dedup_pool
+    embedded = valid.map_batches(
+        PromptEmbedder, fn_constructor_kwargs=dict(model_path=resolve_model_ref(f.dedup_model)), batch_size=256,
+        batch_format="pyarrow", concurrency=pool.actors, num_cpus=pool.num_cpus,
+        **({"num_gpus": pool.num_gpus} if pool.num_gpus else {})).materialize()
+    n = embedded.count()
+    k = max(1, n // 10_000)
+    centroids = None
+    if k > 1:
+        sample = embedded.random_sample(min(1.0, 50_000 / n), seed=0).select_columns(["embedding"]).take_all()
+        centroids = kmeans2(np.asarray([r["embedding"] for r in sample], np.float32), k, seed=0, minit="++")[0]
+
+    def assign(batch: pa.Table) -> pa.Table:
+        if centroids is None:
+            cluster = np.zeros(batch.num_rows, np.int64)
+        else:
+            cluster = (np.asarray(batch.column("embedding").to_pylist(), np.float32) @ centroids.T).argmax(1)
+        return batch.append_column("cluster", pa.array(cluster, pa.int64()))
+
+    return embedded.map_batches(assign, batch_format="pyarrow").groupby("cluster", num_partitions=partitions) \
+        .map_groups(keep_distinct, fn_kwargs=dict(threshold=f.dedup_threshold), batch_format="pyarrow")
 
 
 def plan_prompts(cfg: RunConfig):
-    """Returns (kept prompts, rejects) as Ray Datasets. Kept prompts are unique by dedup key across all
-    sources (the first source, then the first line, wins) and carry their `category`."""
+    """Returns (kept prompts, rejects) as Ray Datasets. Kept prompts are unique across all sources
+    (exactly, and semantically when enabled) and carry the `category` they are routed to (None when no
+    category of this run takes them)."""
+    from pipelines.recipes import route_batch
 
+    terms = blocklist_terms(cfg.filters)
     parts = []
     for order, src in enumerate(cfg.prompts):
         parts.append(read_source(src).map_batches(
-            classify, fn_kwargs=dict(source=src.name, filters=cfg.filters), batch_format="numpy")
+            classify, fn_kwargs=dict(source=src.name, filters=cfg.filters, blocklist=terms), batch_format="pyarrow")
             .add_column("source_order", lambda b, o=order: pa.array([o] * len(b), pa.int64()),
                         batch_format="pyarrow"))
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     ds = ds.materialize()  # read once; it feeds both the rejects and the kept prompts
-    rejected = ds.filter(expr=col("reject_reason").is_not_null())
+    rejected = [ds.filter(expr=col("reject_reason").is_not_null())]
     valid = ds.filter(expr=col("reject_reason").is_null())
-
-    def keep_first(group: pa.Table) -> pa.Table:
-        group = group.set_column(group.schema.get_field_index("reject_reason"), "reject_reason",
-                                 group.column("reject_reason").cast(pa.string()))
-        group = group.sort_by([("source_order", "ascending"), ("line", "ascending")])
-        first = group.slice(0, 1)
-        dups = group.slice(1)
-        reason = pa.array([f"duplicate_of: {first['prompt_id'][0].as_py()}"] * dups.num_rows, pa.string())
-        dups = dups.set_column(dups.schema.get_field_index("reject_reason"), "reject_reason", reason)
-        return pa.concat_tables([first, dups])
-
     # One shuffle partition per ~50k prompts: the default (200) is far too fine for prompt sets.
     partitions = max(1, min(200, valid.count() // 50_000))
-    deduped = valid.groupby("dedup_key", num_partitions=partitions).map_groups(keep_first, batch_format="pyarrow").materialize()
-    categories = list(cfg.categories)
-    kept = deduped.filter(expr=col("reject_reason").is_null()).map_batches(
-        lambda b: {**b, "category": [route(h, categories) for h in b["category_hint"]]}, batch_format="numpy")
-    rejects = rejected.union(deduped.filter(expr=col("reject_reason").is_not_null()))
+    valid = valid.groupby("dedup_key", num_partitions=partitions).map_groups(keep_first, batch_format="pyarrow").materialize()
+    rejected.append(valid.filter(expr=col("reject_reason").is_not_null()))
+    valid = valid.filter(expr=col("reject_reason").is_null())
+    if cfg.filters.semantic_dedup:
+        valid = semantic_dedup(valid, cfg, partitions).materialize()
+        rejected.append(valid.filter(expr=col("reject_reason").is_not_null()))
+        valid = valid.filter(expr=col("reject_reason").is_null())
+    kept = valid.map_batches(route_batch, fn_kwargs=dict(cfg=cfg), batch_format="pyarrow")
+    rejects = rejected[0].union(*rejected[1:]).drop_columns(["source_image"])
     return kept, rejects

@@ -3,19 +3,28 @@
 A recipe plans *pair specs* (which generator draws each side from which prompt and seed, who labels
 it) and decides a winner; this module turns specs into the working columns the worker pools read,
 and finished rows into typed records of the pair, undecided or error kind.
+
+Working columns: pair_id, category, prompt, prompt_id, prompt_source, gen_a/gen_b (generator names;
+"" for an existing image), prompt_a/prompt_b, seed_a/seed_b, image_a/image_b (PNG bytes), judges,
+reward_models, perturber, edit_k, edit_dimensions, ocr_engine, required_text, ocr (JSON strings).
 """
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
+import numpy as np
 import pyarrow as pa
 
 from pipelines.store import ERROR_SCHEMA
 from schemas.config import RunConfig
 from schemas.pair import PAIR_FIELDS, PIPELINE_VERSION, UNDECIDED_FIELDS, make_pair_id, stable_hash
+
+EXISTING = ""  # gen_a of a side that is the prompt's existing image, not a generator's
 
 
 def _row_schema() -> pa.Schema:
@@ -27,38 +36,73 @@ def _row_schema() -> pa.Schema:
 
 ROW_SCHEMA = _row_schema()
 
+WORK_COLUMNS = {
+    "pair_id": pa.string(), "category": pa.string(), "prompt": pa.string(), "prompt_id": pa.string(),
+    "prompt_source": pa.string(), "gen_a": pa.string(), "gen_b": pa.string(), "prompt_a": pa.string(),
+    "prompt_b": pa.string(), "seed_a": pa.int64(), "seed_b": pa.int64(), "image_a": pa.binary(),
+    "image_b": pa.binary(), "judges": pa.string(), "reward_models": pa.string(), "perturber": pa.string(),
+    "edit_k": pa.int64(), "edit_dimensions": pa.string(), "ocr_engine": pa.string(), "required_text": pa.string(),
+    "ocr": pa.string(),
+}
+
 
 def derive_seed(run_seed: int, prompt_id: str, salt: str = "") -> int:
     """A per-prompt seed that does not depend on row order or on how the data was sharded."""
     return int(stable_hash("seed", run_seed, prompt_id, salt), 16) % (2**31 - 1)
 
 
-def side_spec(cfg: RunConfig, generator: str, prompt: str, seed: int) -> dict:
+def side_spec(cfg: RunConfig, generator: str, prompt: str | None, seed: int) -> dict:
     """Everything that decides one side's image, hashed into the pair id."""
     g = cfg.generators[generator]
     return {"generator": generator, "model": g.model, "width": g.width, "height": g.height, "steps": g.steps,
             "guidance_scale": g.guidance_scale, "call_kwargs": g.call_kwargs, "prompt": prompt, "seed": seed}
 
 
-def plan_columns(batch: dict, cfg: RunConfig, category: str, sides: list[tuple[dict, dict]],
-                 extra: dict | None = None) -> dict:
-    """Working columns for planned pairs: `sides[i]` is the (a, b) side_spec pair of row i."""
+def fit_image(data: bytes, width: int, height: int) -> bytes:
+    """An existing image, center-cropped to the aspect ratio and resized to width x height (PNG)."""
+    from PIL import ImageOps
+
+    from workers.runtime import decode_image, png_bytes
+
+    return png_bytes(ImageOps.fit(decode_image(data), (width, height)))
+
+
+def plan_table(cfg: RunConfig, category: str, rows: list[dict]) -> pa.Table:
+    """Working rows from planned pairs. Each `rows` item has the prompt fields plus `a` and `b` side specs
+    (`a` is None for an existing image, which the item then carries as `image_a`) and optional extras
+    (perturber, edit_k, prompt_b, edit_dimensions, ocr_engine, required_text). Extras that decide the
+    pair's content go into the pair id."""
     ccfg = cfg.categories[category]
     judges = ",".join(cfg.panels[ccfg.panel].judges) if ccfg.panel else ""
-    pair_ids = [make_pair_id(category, pid, {"a": a, "b": b, **(extra or {})})
-                for pid, (a, b) in zip(batch["prompt_id"], sides)]
-    n = len(pair_ids)
-    return {
-        "pair_id": pair_ids, "category": [category] * n, "prompt": list(batch["prompt"]),
-        "prompt_id": list(batch["prompt_id"]), "prompt_source": list(batch["prompt_source"]),
-        "gen_a": [a["generator"] for a, _ in sides], "gen_b": [b["generator"] for _, b in sides],
-        "prompt_a": [a["prompt"] for a, _ in sides], "prompt_b": [b["prompt"] for _, b in sides],
-        "seed_a": [a["seed"] for a, _ in sides], "seed_b": [b["seed"] for _, b in sides],
-        "judges": [judges] * n, "reward_models": [",".join(ccfg.rewards)] * n,
-    }
+    out = []
+    for r in rows:
+        a, b = r["a"], r["b"]
+        extra = {k: r[k] for k in ("perturber", "edit_k", "edit_dimensions", "required_text") if r.get(k) is not None}
+        spec = {"a": a if a is not None else {"existing": r["prompt_source"]}, "b": b, **extra}
+        out.append({
+            "pair_id": make_pair_id(category, r["prompt_id"], spec), "category": category, "prompt": r["prompt"],
+            "prompt_id": r["prompt_id"], "prompt_source": r["prompt_source"],
+            "gen_a": a["generator"] if a else EXISTING, "gen_b": b["generator"],
+            "prompt_a": a["prompt"] if a else r["prompt"], "prompt_b": b["prompt"],
+            "seed_a": a["seed"] if a else 0, "seed_b": b["seed"], "image_a": r.get("image_a"),
+            "judges": judges if r.get("judged", True) else "", "reward_models": ",".join(ccfg.rewards),
+            "perturber": r.get("perturber"), "edit_k": r.get("edit_k"),
+            "edit_dimensions": json.dumps(r["edit_dimensions"]) if r.get("edit_dimensions") is not None else None,
+            "ocr_engine": r.get("ocr_engine"),
+            "required_text": json.dumps(r["required_text"]) if r.get("required_text") is not None else None,
+        })
+    return pa.Table.from_pylist(out, schema=pa.schema(WORK_COLUMNS))
 
 
-def generator_record(cfg: RunConfig, name: str, seed: int) -> dict:
+def prompt_rows(batch: dict) -> list[dict]:
+    """A numpy batch of planned prompts as a list of row dicts."""
+    names = list(batch)
+    return [dict(zip(names, values)) for values in zip(*(batch[n] for n in names))]
+
+
+def generator_record(cfg: RunConfig, name: str, seed: int, source: str) -> dict:
+    if name == EXISTING:
+        return {"name": "existing", "model": source, "seed": 0, "steps": 0, "guidance_scale": 0.0, "params": "{}"}
     g = cfg.generators[name]
     return {"name": name, "model": g.model, "seed": int(seed), "steps": g.steps,
             "guidance_scale": g.guidance_scale, "params": json.dumps(g.call_kwargs, sort_keys=True)}
@@ -68,16 +112,20 @@ def _image(data: bytes, pair_id: str, tag: str) -> dict:
     return {"bytes": data, "path": f"{pair_id}-{tag}.png"}
 
 
-def _json_list(value) -> list:
-    return json.loads(value) if isinstance(value, str) and value else []
+def _json(value, default):
+    return json.loads(value) if isinstance(value, str) and value else default
 
 
-# decide(row) -> (winner "a" | "b" | None, undecided reason, agreement, confidence)
-Decision = tuple[str | None, str | None, float | None, float | None]
+@dataclass(frozen=True)
+class Label:
+    winner: str | None            # "a" | "b" | None (undecided)
+    source: str                   # label_source of the record
+    reason: str | None = None     # why undecided
+    agreement: float | None = None
+    confidence: float | None = None
 
 
-def build_records(rows: list[dict], cfg: RunConfig, label_source: str,
-                  decide: Callable[[dict], Decision]) -> pa.Table:
+def build_records(rows: list[dict], cfg: RunConfig, decide: Callable[[dict], Label]) -> pa.Table:
     """Finished working rows -> one typed table of pair, undecided and error records (`_kind`)."""
     config_hash, now = cfg.config_hash(), datetime.now(timezone.utc)
     out = []
@@ -89,23 +137,45 @@ def build_records(rows: list[dict], cfg: RunConfig, label_source: str,
         if errors or row.get("image_a") is None or row.get("image_b") is None:
             out.append({**common, "_kind": "errors", "error": "; ".join(errors) or "image missing"})
             continue
-        gen = {s: generator_record(cfg, row[f"gen_{s}"], row[f"seed_{s}"]) for s in ("a", "b")}
-        size = {"width": cfg.generators[row["gen_a"]].width, "height": cfg.generators[row["gen_a"]].height}
-        votes = _json_list(row.get("votes"))
-        winner, reason, agreement, confidence = decide(row)
-        if winner is None:
-            out.append({**common, **size, "_kind": "undecided", "reason": reason, "votes": votes,
+        gen = {s: generator_record(cfg, row[f"gen_{s}"], row[f"seed_{s}"], row["prompt_source"]) for s in ("a", "b")}
+        width, height = _image_size(row["image_b"])
+        ocr = _json(row.get("ocr"), None)
+        details = {"width": width, "height": height, "votes": _json(row.get("votes"), []),
+                   "edit_dimensions": _json(row.get("edit_dimensions"), None),
+                   "required_text": _json(row.get("required_text"), None)}
+        label = decide(row)
+        if label.winner is None:
+            out.append({**common, **details, "_kind": "undecided", "reason": label.reason,
+                        "prompt_b": row["prompt_b"] if row["prompt_b"] != row["prompt"] else None,
                         "image_a": _image(row["image_a"], row["pair_id"], "a"),
                         "image_b": _image(row["image_b"], row["pair_id"], "b"),
-                        "generator_a": gen["a"], "generator_b": gen["b"]})
+                        "generator_a": gen["a"], "generator_b": gen["b"], "ocr": _ocr_reads(ocr, {"a": "a", "b": "b"})})
             continue
-        loser = "b" if winner == "a" else "a"
-        rewards = [{"model": r["model"], "score_w": r[f"score_{winner}"], "score_l": r[f"score_{loser}"]}
-                   for r in _json_list(row.get("rewards"))]
-        out.append({**common, **size, "_kind": "pairs", "label_source": label_source, "votes": votes,
-                    "agreement": agreement, "confidence": confidence, "rewards": rewards,
-                    "image_w": _image(row[f"image_{winner}"], row["pair_id"], "w"),
-                    "image_l": _image(row[f"image_{loser}"], row["pair_id"], "l"),
-                    "generator_w": gen[winner], "generator_l": gen[loser]})
+        w, l = label.winner, "b" if label.winner == "a" else "a"
+        rewards = [{"model": r["model"], "score_w": r[f"score_{w}"], "score_l": r[f"score_{l}"]}
+                   for r in _json(row.get("rewards"), [])]
+        loser_prompt = row[f"prompt_{l}"]
+        out.append({**common, **details, "_kind": "pairs", "label_source": label.source,
+                    "agreement": label.agreement, "confidence": label.confidence, "rewards": rewards,
+                    "prompt_l": loser_prompt if loser_prompt != row["prompt"] else None,
+                    "image_w": _image(row[f"image_{w}"], row["pair_id"], "w"),
+                    "image_l": _image(row[f"image_{l}"], row["pair_id"], "l"),
+                    "generator_w": gen[w], "generator_l": gen[l], "ocr": _ocr_reads(ocr, {"w": w, "l": l})})
     return pa.Table.from_pylist(out, schema=ROW_SCHEMA)
 
+
+def _ocr_reads(ocr: dict | None, sides: dict[str, str]) -> list[dict] | None:
+    if not ocr:
+        return None
+    return [{"side": tag, "text": ocr[f"text_{s}"], "exact": ocr[f"exact_{s}"], "ned": ocr[f"ned_{s}"]}
+            for tag, s in sides.items()]
+
+
+def _image_size(data: bytes) -> tuple[int, int]:
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).size
+
+
+def seeded_rng(run_seed: int, prompt_id: str, salt: str) -> np.random.Generator:
+    return np.random.default_rng(derive_seed(run_seed, prompt_id, salt))

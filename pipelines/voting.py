@@ -18,6 +18,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from pipelines.records import Label
 from schemas.config import PanelConfig
 
 TEXT_VOTE_LOG_ODDS = 1.0
@@ -92,11 +93,7 @@ def panel_label(votes: list[dict], judges: list[str], quorum: int, tie_margin: f
     return PanelLabel(winner, None, n_win / len(voting), confidence, verdicts)
 
 
-def panel_decider(panel: PanelConfig):
-    """decide(row) for pipelines.records.build_records: the panel's label from the row's `votes` JSON."""
-
-    def decide(row: dict):
-        label = panel_label(json.loads(row.get("votes") or "[]"), panel.judges, panel.quorum, panel.tie_margin)
-        return label.winner, label.reason, label.agreement, label.confidence
-
-    return decide
+def panel_decision(row: dict, panel: PanelConfig) -> Label:
+    """The label pipelines.records.build_records stores: the panel's verdict on the row's `votes` JSON."""
+    label = panel_label(json.loads(row.get("votes") or "[]"), panel.judges, panel.quorum, panel.tie_margin)
+    return Label(label.winner, "vlm_panel", label.reason, label.agreement, label.confidence)

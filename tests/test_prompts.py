@@ -9,6 +9,7 @@ from pipelines.prompts import normalize_text, plan_prompts
 
 
 def plan(tmp_path, sources, **filters):
+    filters = {"semantic_dedup": False, **filters}  # the embedder actor only where a test is about it
     cfg = small_run_config(tmp_path)
     cfg = cfg.model_copy(update={"prompts": [cfg.prompts[0].model_copy(update=s) for s in sources],
                                  "filters": cfg.filters.model_copy(update=filters)})
@@ -29,7 +30,7 @@ def test_bad_lines_are_rejected_with_file_line_and_reason(ray_session, tmp_path)
         {"prompt": "ok"},                                                            # 9 too short
         '["a list"]',                                                                # 10 not an object
         {"prompt": "A  red cube on a BLUE ball", "category": "composition"},       # 11 duplicate of 1
-        {"prompt": "three apples in a row", "category": "aesthetics"},             # 12 kept, unrouted
+        {"prompt": "three apples in a row", "category": "memes"},                  # 12 kept, unrouted
     ])
     kept, rejects = plan(tmp_path, [{"path": str(path), "source": "t"}], max_chars=1000, min_chars=3)
     by_line = {r["line"]: r["reject_reason"] for r in rejects}
@@ -82,3 +83,30 @@ def test_unknown_format_is_a_clear_error(ray_session, tmp_path):
     (tmp_path / "p.csv").write_text("prompt\nx\n")
     with pytest.raises(ValueError, match="cannot tell the format"):
         plan(tmp_path, [{"path": str(tmp_path / "p.csv")}])
+
+
+def test_semantic_dedup_collapses_paraphrases_and_keeps_distinct_prompts(ray_session, tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [
+        {"prompt": "three red apples in a row on a wooden table"},
+        {"prompt": "Three red apples lined up in a row on a wooden table"},     # paraphrase of line 1
+        {"prompt": "a lighthouse on a rocky cliff at dusk"},
+        {"prompt": "A lighthouse standing on a rocky cliff at dusk"},           # paraphrase of line 3
+        {"prompt": "a dog chasing a red ball across a park"},
+        {"prompt": "two cups of coffee on a marble counter"},
+        {"prompt": "three green apples in a row on a wooden table"},             # similar words, other colour
+    ])
+    kept, rejects = plan(tmp_path, [{"path": str(path), "source": "t"}], semantic_dedup=True)
+    near = {r["line"]: r["reject_reason"] for r in rejects}
+    assert set(near) == {2, 4} and all(v.startswith("near_duplicate_of: ") for v in near.values())
+    assert sorted(r["line"] for r in kept) == [1, 3, 5, 6, 7]
+
+
+def test_blocklist_rejects_whole_words_only(ray_session, tmp_path):
+    block = tmp_path / "block.txt"
+    block.write_text("# one term per line\nskull\n")
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a GORE-tex jacket on a hook"}, {"prompt": "a bloody gore scene"},
+                                              {"prompt": "a crystal Skull on a shelf"}, {"prompt": "a goreme balloon"}])
+    kept, rejects = plan(tmp_path, [{"path": str(path), "source": "t"}], blocklist=["gore"],
+                         blocklist_file=str(block))
+    assert {r["line"]: r["reject_reason"] for r in rejects} == {2: "blocked: gore", 3: "blocked: skull", 1: "blocked: gore"}
+    assert [r["line"] for r in kept] == [4]

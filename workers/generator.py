@@ -53,8 +53,10 @@ class DiffusersGenerator:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = {c: column(batch, c) for c in self.output_columns}
-        jobs = [(i, side) for side in ("a", "b") for i, g in enumerate(column(batch, f"gen_{side}")) if g == self.name]
         prompts = {s: column(batch, f"prompt_{s}") for s in ("a", "b")}
+        # A side whose prompt is missing (its perturbation failed, see error_b) is left to the record stage.
+        jobs = [(i, side) for side in ("a", "b") for i, g in enumerate(column(batch, f"gen_{side}"))
+                if g == self.name and prompts[side][i] is not None]
         seeds = {s: column(batch, f"seed_{s}") for s in ("a", "b")}
         for start in range(0, len(jobs), self.cfg.batch_size):
             chunk = jobs[start:start + self.cfg.batch_size]

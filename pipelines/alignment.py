@@ -1,0 +1,44 @@
+"""alignment (ViPO B.1): the prompt (or a caption) against a grounded perturbation of 1, 2 or 3 of 25
+dimensions (P = 0.7 / 0.2 / 0.1); the same generator and seed draw both; the original wins by
+construction. The perturbed prompt and the dimensions it changed are stored with the pair.
+
+The lexicon perturber (pipelines/perturb.py) edits at planning time; the LLM perturber
+(workers/perturber.py) is a worker pool that fills in `prompt_b` before generation."""
+
+from pipelines.perturb import draw_num_dimensions, perturb_lexicon
+from pipelines.records import Label, build_records, derive_seed, plan_table, prompt_rows, seeded_rng, side_spec
+
+CATEGORY = "alignment"
+LABEL_SOURCE = "construction"
+
+
+def accepts(row: dict, cfg) -> bool:
+    return True
+
+
+def plan(batch: dict, cfg):
+    ccfg = cfg.categories[CATEGORY]
+    perturber = cfg.perturbers[ccfg.perturber]
+    (generator,) = ccfg.generators
+    planned = []
+    for r in prompt_rows(batch):
+        seed = derive_seed(cfg.seed, r["prompt_id"])
+        rng = seeded_rng(cfg.seed, r["prompt_id"], "perturb")
+        k = draw_num_dimensions(rng, perturber.dimension_probs)
+        extra = {"perturber": ccfg.perturber, "edit_k": k, "judged": False}
+        if perturber.kind == "lexicon":
+            edited, dims = perturb_lexicon(r["prompt"], k, rng)
+            extra.update(edit_dimensions=dims)
+        else:
+            edited = None  # written by the perturber pool
+        planned.append({**r, **extra, "a": side_spec(cfg, generator, r["prompt"], seed),
+                        "b": side_spec(cfg, generator, edited, seed)})
+    return plan_table(cfg, CATEGORY, planned)
+
+
+def decide(row: dict) -> Label:
+    return Label("a", LABEL_SOURCE, agreement=1.0, confidence=1.0)
+
+
+def label(rows: list[dict], cfg):
+    return build_records(rows, cfg, decide)

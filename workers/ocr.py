@@ -1,0 +1,123 @@
+"""OCR readers for text-rendering pairs: RapidOCR (PP-OCR models shipped in its wheel; the embedded
+default) and PaddleOCR (clusters; local model folders accepted), and the stage-1 text check."""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+
+import numpy as np
+import pyarrow as pa
+
+from schemas.config import OcrConfig
+from workers.runtime import column, decode_image, setup_worker, with_columns
+
+_QUOTED = re.compile(r'"([^"]+)"|“([^”]+)”')
+
+
+def quoted_spans(prompt: str) -> list[str]:
+    """The text a prompt asks to render: its double-quoted spans (straight or curly quotes)."""
+    return [a or b for a, b in _QUOTED.findall(prompt) if (a or b).strip()]
+
+
+def normalize_text(text: str) -> str:
+    """Comparison form: NFKC, case-folded, whitespace removed (OCR often drops or adds spaces)."""
+    return "".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def read_check(required: list[str], read: str) -> tuple[bool, float]:
+    """(every required span appears exactly in the read text, mean normalised edit distance of each span
+    to its best-matching substring of the read text: 0 = perfect, 1 = nothing alike)."""
+    from rapidfuzz import fuzz
+    from rapidfuzz.distance import Levenshtein
+
+    got = normalize_text(read)
+    neds = []
+    for span in required:
+        want = normalize_text(span)
+        if not got:
+            neds.append(1.0)
+            continue
+        at = fuzz.partial_ratio_alignment(want, got)
+        neds.append(Levenshtein.normalized_distance(want, got[at.dest_start:at.dest_end]))
+    exact = bool(required) and all(normalize_text(s) in got for s in required)
+    return exact, float(np.mean(neds)) if neds else 1.0
+
+
+class RapidOcrBackend:
+    def __init__(self, cfg: OcrConfig):
+        from rapidocr import RapidOCR
+
+        self.engine = RapidOCR(params={"Global.log_level": "error"})
+
+    def read(self, image) -> str:
+        result = self.engine(np.asarray(image)[:, :, ::-1].copy())  # BGR, as OpenCV reads images
+        if result is None or result.txts is None:
+            return ""
+        return _reading_order(result.txts, result.boxes)
+
+
+class PaddleOcrBackend:
+    def __init__(self, cfg: OcrConfig):
+        try:
+            from paddleocr import PaddleOCR
+        except ImportError as e:
+            raise ImportError("the paddleocr OCR backend needs PaddleOCR: pip install 'pairforge[paddleocr]'") from e
+        dirs = {k: v for k, v in (("text_detection_model_dir", cfg.det_model_dir),
+                                  ("text_recognition_model_dir", cfg.rec_model_dir)) if v}
+        self.engine = PaddleOCR(lang=cfg.lang, use_doc_orientation_classify=False, use_doc_unwarping=False,
+                                use_textline_orientation=False, **dirs)
+
+    def read(self, image) -> str:
+        texts, boxes = [], []
+        for page in self.engine.predict(np.asarray(image)[:, :, ::-1].copy()):
+            texts += list(page["rec_texts"])
+            boxes += [np.asarray(b) for b in page["rec_polys"]]
+        return _reading_order(texts, boxes) if texts else ""
+
+
+def _reading_order(texts, boxes) -> str:
+    """Lines top to bottom (rows of ~20 px), left to right within a row."""
+    items = sorted(zip(texts, boxes), key=lambda t: (round(float(np.mean(t[1][:, 1])) / 20), float(np.min(t[1][:, 0]))))
+    return " ".join(t for t, _ in items)
+
+
+OCR_BACKENDS = {"rapidocr": RapidOcrBackend, "paddleocr": PaddleOcrBackend}
+
+
+class OcrReader:
+    """Ray Data actor: for rows whose `ocr_engine` names this reader, reads both images, checks them
+    against `required_text` (a JSON list) and writes `ocr` = JSON {text_a, text_b, exact_a, exact_b,
+    ned_a, ned_b}. Stage 1 of text-rendering labels: when exactly one image reads right, the VLM judges
+    are not needed for that row and its `judges` are cleared."""
+
+    input_columns = ("ocr_engine", "required_text", "image_a", "image_b", "judges")
+    output_columns = ("ocr", "judges")
+
+    def __init__(self, name: str, cfg: dict, num_threads: int = 1):
+        setup_worker(num_threads)
+        self.name = name
+        self.cfg = OcrConfig.model_validate(cfg)
+        self.backend = OCR_BACKENDS[self.cfg.backend](self.cfg)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        engines, required = column(batch, "ocr_engine"), column(batch, "required_text")
+        images = {s: column(batch, f"image_{s}") for s in ("a", "b")}
+        ocr, judges = column(batch, "ocr"), column(batch, "judges")
+        for i in range(batch.num_rows):
+            if engines[i] != self.name or images["a"][i] is None or images["b"][i] is None:
+                continue
+            spans = json.loads(required[i] or "[]")
+            result = {}
+            for side in ("a", "b"):
+                try:
+                    text = self.backend.read(decode_image(images[side][i]))
+                except ValueError:
+                    text = ""
+                exact, ned = read_check(spans, text)
+                result.update({f"text_{side}": text, f"exact_{side}": exact, f"ned_{side}": ned})
+            ocr[i] = json.dumps(result)
+            if result["exact_a"] != result["exact_b"]:
+                judges[i] = ""
+        return with_columns(batch, ocr=pa.array(ocr, pa.string()), judges=pa.array(judges, pa.string()))
