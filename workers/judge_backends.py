@@ -106,20 +106,25 @@ def _import_vllm():
     return vllm
 
 
+def start_vllm(model_path: str, dtype: str, engine_kwargs: dict, **defaults):
+    """A vllm.LLM with our defaults (dtype from `dtype`, seed 0, eager mode on CPU where CUDA graphs and
+    compilation do not apply), `defaults`, then the config's `engine_kwargs` on top."""
+    vllm = _import_vllm()
+    device = pick_device()
+    kwargs = dict(dtype=str(pick_dtype(dtype, device)).removeprefix("torch."), max_model_len=4096, seed=0, **defaults)
+    if device == "cpu":
+        kwargs["enforce_eager"] = True
+    return vllm.LLM(model=model_path, **{**kwargs, **engine_kwargs})
+
+
 class VLLMEngine(_LocalProcessorBackend):
     def __init__(self, model_path: str, cfg: JudgeConfig):
         vllm = _import_vllm()
         super().__init__(model_path, cfg)
-        device = pick_device()
-        dtype = str(pick_dtype(cfg.dtype, device)).removeprefix("torch.")
-        kwargs = dict(dtype=dtype, max_model_len=4096, limit_mm_per_prompt={"image": 2, "video": 0},
-                      enable_prefix_caching=True, seed=0)
+        defaults = dict(limit_mm_per_prompt={"image": 2, "video": 0}, enable_prefix_caching=True)
         if cfg.max_pixels:
-            kwargs["mm_processor_kwargs"] = {"max_pixels": cfg.max_pixels}
-        if device == "cpu":
-            kwargs["enforce_eager"] = True  # CUDA graphs and compilation do not apply on CPU
-        kwargs.update(cfg.engine_kwargs)
-        self.llm = vllm.LLM(model=model_path, **kwargs)
+            defaults["mm_processor_kwargs"] = {"max_pixels": cfg.max_pixels}
+        self.llm = start_vllm(model_path, cfg.dtype, cfg.engine_kwargs, **defaults)
         self.sampling_params = vllm.SamplingParams
 
     def close(self) -> None:

@@ -1,6 +1,6 @@
 """The LLM perturber for alignment pairs: a language model rewrites the prompt, changing exactly the
-drawn number of the 25 ViPO dimensions, under a JSON schema (guided decoding) so the answer always
-parses: {"dimensions": [k distinct dimension names], "perturbed": "..."}.
+drawn number of the 25 ViPO dimensions, under guided decoding (a regular expression for compact JSON)
+so the answer always parses: {"dimensions": [k dimension names], "perturbed": "..."}.
 
 Backends: a vLLM engine inside the actor, or an OpenAI-compatible server (`structured_outputs`).
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pyarrow as pa
 
@@ -18,12 +19,13 @@ from workers.rubrics import DATA_BEGIN, DATA_END, sanitize_untrusted
 from workers.runtime import column, setup_worker, with_columns
 
 
-def edit_schema(k: int, max_chars: int) -> dict:
-    return {"type": "object", "additionalProperties": False, "required": ["dimensions", "perturbed"],
-            "properties": {
-                "dimensions": {"type": "array", "items": {"enum": list(DIMENSIONS)}, "minItems": k, "maxItems": k,
-                               "uniqueItems": True},
-                "perturbed": {"type": "string", "minLength": 1, "maxLength": max_chars}}}
+def edit_pattern(k: int, max_chars: int) -> str:
+    """The answer's exact shape as a regular expression: compact JSON with `k` known dimension names and
+    a one-line rewrite. (A JSON schema would leave free whitespace between tokens, where a weak model
+    can spend its whole budget.) Distinctness of the dimensions is checked in parse_edit."""
+    name = '"(' + "|".join(re.escape(d) for d in DIMENSIONS) + ')"'
+    names = name + ("," + name) * (k - 1)
+    return r'\{"dimensions":\[' + names + r'\],"perturbed":"[^"\\\n]{1,' + str(max_chars) + r'}"\}'
 
 
 def edit_messages(prompt: str, k: int) -> list[dict]:
@@ -60,19 +62,18 @@ class LLMPerturber:
         self.cfg = PerturberConfig.model_validate(cfg)
         self.model_path = model_path
         if self.cfg.backend == "vllm":
-            from workers.judge_backends import _import_vllm
+            from workers.judge_backends import _import_vllm, start_vllm
 
-            vllm = _import_vllm()
-            self.llm = llm or vllm.LLM(model=model_path, **{"max_model_len": 4096, "seed": 0, **self.cfg.engine_kwargs})
-            self.vllm = vllm
+            self.vllm = _import_vllm()
+            self.llm = llm or start_vllm(model_path, "auto", self.cfg.engine_kwargs)
 
     def _generate(self, prompts: list[str], ks: list[int]) -> list[str]:
-        max_chars = 4 * max(len(p) for p in prompts) + 64
+        max_chars = min(2 * max(len(p) for p in prompts) + 32, 600)
         if self.cfg.backend == "vllm":
             from vllm.sampling_params import StructuredOutputsParams
 
             params = [self.vllm.SamplingParams(temperature=0.0, max_tokens=self.cfg.max_tokens,
-                                               structured_outputs=StructuredOutputsParams(json=edit_schema(k, max_chars)))
+                                               structured_outputs=StructuredOutputsParams(regex=edit_pattern(k, max_chars)))
                       for k in ks]
             outs = self.llm.chat([edit_messages(p, k) for p, k in zip(prompts, ks)], params, use_tqdm=False)
             return [o.outputs[0].text for o in outs]
@@ -83,7 +84,8 @@ class LLMPerturber:
         with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {key}"} if key else {}) as client:
             for p, k in zip(prompts, ks):
                 body = {"model": self.model_path, "messages": edit_messages(p, k), "temperature": 0.0,
-                        "max_tokens": self.cfg.max_tokens, "structured_outputs": {"json": edit_schema(k, max_chars)}}
+                        "max_tokens": self.cfg.max_tokens,
+                        "structured_outputs": {"regex": edit_pattern(k, max_chars)}}
                 try:
                     resp = client.post(self.cfg.endpoint.rstrip("/") + "/chat/completions", json=body)
                     resp.raise_for_status()
