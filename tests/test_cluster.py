@@ -64,7 +64,7 @@ def test_ray_job_submit_runs_the_demo_on_a_local_head(tiny_kit, tmp_path):
                "--runtime-env-json", json.dumps(runtime_env), "--",
                "python", "-m", "pipelines.run", "configs/demo.yaml", "--output", str(out),
                "--set", "categories={composition: {target_pairs: 4, generators: [sd, flux], panel: main}}"]
-        deadline = time.time() + 120
+        deadline = time.time() + 300
         while True:  # the job server takes a few seconds to come up after `ray start`
             assert head.poll() is None, head.stdout.read().decode()[-3000:]
             job = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
