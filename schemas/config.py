@@ -319,6 +319,10 @@ class TrainData(Strict):
     min_agreement: float = Field(0.0, ge=0, le=1)
     min_confidence: float = Field(0.0, ge=0, le=1)
     resolution: int = Field(512, ge=16, description="images are resized and center-cropped to this square")
+    latent_cache: bool = Field(False, description="VAE-encode the pairs once (a Ray Data stage) and train on the "
+                                                 "stored latents, kept beside the shards in OUT/latents/")
+    gap_file: str | None = Field(None, description="loss fine: Parquet with pair_id and gap (e.g. the Arena's "
+                                                  "expected quality gap) per pair")
 
     @field_validator("categories")
     @classmethod
@@ -336,19 +340,41 @@ class TrainConfig(Strict):
     model: str = Field(description="diffusers pipeline to fine-tune: hub id, local path, or tiny:<name>")
     output: str = Field(description="directory for Ray Train results, checkpoints and metrics")
     data: TrainData
-    loss: Literal["sigmoid", "poly"] = Field(
-        "poly", description="sigmoid: Diffusion-DPO; poly: Poly-DPO, -log p + alpha (1 - p) (alpha 0 = DPO)")
+    stage: Literal["sft", "dpo"] = Field("dpo", description="sft: denoising loss on winners; dpo: preference loss")
+    init_checkpoint: str | None = Field(
+        None, description="start the policy (and, for dpo, the reference) from this checkpoint folder, e.g. "
+                          "an SFT run's OUTPUT/NAME/final; it holds <unet|transformer>/ from save_pretrained")
+    loss: Literal["sigmoid", "poly", "fine"] = Field(
+        "poly", description="sigmoid: Diffusion-DPO; poly: Poly-DPO, -log p + alpha (1 - p) (alpha 0 = DPO); "
+                            "fine: (gap_scale * gap - logit)^2, a CaPO-style regression on stored per-pair gaps")
     alpha: float = Field(0.0, description="Poly-DPO alpha: > 0 for noisy labels, < 0 for trivially easy pairs")
+    gap_scale: float = Field(1.0, gt=0, description="loss fine: the target logit per unit of stored gap")
+    lora_rank: int | None = Field(None, ge=1, description="train LoRA adapters of this rank (peft); the reference "
+                                                          "is then the same network with adapters disabled")
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA scaling numerator (default: the rank)")
+    gradient_checkpointing: bool = False
+    mixed_precision: Literal["no", "bf16"] = Field("no", description="bf16 autocast (GPU)")
+    max_sequence_length: int = Field(77, ge=8, description="flow-matching models: T5 prompt tokens")
     beta: float = Field(500.0, gt=0, description="KL strength (ViPO: 500 for SD1.5/SD3.5/FLUX, 1000 SDXL)")
     learning_rate: float = Field(1e-6, gt=0)
     batch_size: int = Field(4, ge=1, description="pairs per worker per step")
     max_steps: int = Field(100, ge=1)
     checkpoint_every: int = Field(50, ge=1)
+    report_every: int = Field(10, ge=1, description="steps between metric reports to Ray (the CSV gets every step)")
     seed: int = 0
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     resources_per_worker: dict[str, float] = {"CPU": 1}
     ray: RayConfig = RayConfig()
+
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.loss == "fine" and not self.data.gap_file:
+            raise ValueError("loss fine needs data.gap_file (per-pair gaps)")
+        if self.stage == "sft" and self.loss == "fine":
+            raise ValueError("stage sft trains on winners only; loss applies to stage dpo")
+        return self
 
 
 def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from training.dpo import dpo_logits, pair_metrics, per_sample_mse, preference_loss
+from training.dpo import dpo_logits, pair_metrics, preference_loss
 from training.models import adapter_for
 
 
@@ -40,20 +40,12 @@ def test_unknown_loss_is_rejected():
         preference_loss(torch.zeros(1), "hinge")
 
 
-def _step(adapter, policy, reference, batch, beta, loss, alpha, opt=None, seed=0):
-    px_w, px_l, prompts = batch
-    latents = adapter.encode_images(torch.cat([px_w, px_l]))
-    cond = adapter.encode_prompts(prompts).repeat(2, 1, 1)
-    noisy, t, target = adapter.noise(latents, torch.Generator().manual_seed(seed))
-    err_w, err_l = per_sample_mse(adapter.predict(policy, noisy, t, cond), target).chunk(2)
-    with torch.no_grad():
-        ref_w, ref_l = per_sample_mse(adapter.predict(reference, noisy, t, cond), target).chunk(2)
-    value = preference_loss(dpo_logits(err_w, err_l, ref_w, ref_l, beta), loss, alpha).mean()
-    if opt is not None:
-        opt.zero_grad()
-        value.backward()
-        opt.step()
-    return value.item()
+def trainer_for(pipe, **cfg):
+    from schemas.config import TrainConfig
+    from training.train import PreferenceTrainer
+
+    defaults = dict(name="t", model="x", output="/tmp", data={"paths": ["/tmp"]}, beta=500.0, learning_rate=1e-4)
+    return PreferenceTrainer(copy.deepcopy(pipe), TrainConfig(**{**defaults, **cfg}))
 
 
 @pytest.fixture(scope="module")
@@ -64,38 +56,83 @@ def sd_pipe(tiny_kit):
     return StableDiffusionPipeline.from_pretrained(tiny_kit / "sd")
 
 
+@pytest.fixture(scope="module")
+def flux_pipe(tiny_kit):
+    from diffusers import FluxPipeline
+
+    return FluxPipeline.from_pretrained(tiny_kit / "flux")
+
+
 @pytest.fixture
 def fixed_batch():
     g = torch.Generator().manual_seed(0)
-    return (torch.rand(4, 3, 64, 64, generator=g) * 2 - 1, torch.rand(4, 3, 64, 64, generator=g) * 2 - 1,
-            [f"three red apples in a row, view {i}" for i in range(4)])
+    return {"pixels_w": torch.rand(4, 3, 64, 64, generator=g) * 2 - 1, "pixels_l": torch.rand(4, 3, 64, 64, generator=g) * 2 - 1,
+            "prompt": [f"three red apples in a row, view {i}" for i in range(4)], "gap": torch.tensor([0.5, 1.0, 2.0, 0.1])}
 
 
 @pytest.mark.parametrize("loss,alpha", [("sigmoid", 0.0), ("poly", 0.0), ("poly", 2.0), ("poly", -0.5)])
 def test_step0_loss_is_ln2_plus_half_alpha(sd_pipe, fixed_batch, loss, alpha):
-    adapter = adapter_for(sd_pipe)
-    policy = adapter.model
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    value = _step(adapter, policy, reference, fixed_batch, beta=500.0, loss=loss, alpha=alpha)
-    assert value == pytest.approx(math.log(2) + (alpha / 2 if loss == "poly" else 0.0), abs=1e-6)
+    trainer = trainer_for(sd_pipe, loss=loss, alpha=alpha)
+    value, metrics = trainer.loss(fixed_batch, torch.Generator().manual_seed(0))
+    assert value.item() == pytest.approx(math.log(2) + (alpha / 2 if loss == "poly" else 0.0), abs=1e-6)
+    assert metrics == {"implicit_acc": 0.0, "reward_margin": 0.0}
 
 
 def test_loss_falls_on_a_fixed_batch_and_reference_never_changes(sd_pipe, fixed_batch):
-    adapter = adapter_for(sd_pipe)
-    policy = copy.deepcopy(adapter.model).train().requires_grad_(True)
-    reference = copy.deepcopy(adapter.model).eval().requires_grad_(False)
-    before = {k: v.clone() for k, v in reference.state_dict().items()}
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
-    losses = [_step(adapter, policy, reference, fixed_batch, 500.0, "poly", 1.0, opt, seed=0) for _ in range(6)]
+    trainer = trainer_for(sd_pipe, loss="poly", alpha=1.0)
+    before = {k: v.clone() for k, v in trainer.reference.state_dict().items()}
+    losses = [trainer.step(fixed_batch, torch.Generator().manual_seed(0))["loss"] for _ in range(6)]
     assert losses[0] == pytest.approx(math.log(2) + 0.5, abs=1e-6)
     assert losses[-1] < losses[0] - 0.05, losses
-    assert all(torch.equal(before[k], v) for k, v in reference.state_dict().items())
-    assert any(not torch.equal(before[k], v) for k, v in policy.state_dict().items())
+    assert all(torch.equal(before[k], v) for k, v in trainer.reference.state_dict().items())
+    assert any(not torch.equal(before[k], v) for k, v in trainer.policy.state_dict().items())
 
 
-def test_same_noise_and_timestep_for_winner_and_loser(sd_pipe):
-    adapter = adapter_for(sd_pipe)
-    latents = torch.randn(6, 4, 8, 8)
-    noisy, t, target = adapter.noise(latents, torch.Generator().manual_seed(1))
-    assert torch.equal(t[:3], t[3:]) and torch.equal(target[:3], target[3:])
-    assert not torch.equal(noisy[:3], noisy[3:])
+def test_lora_reference_is_the_base_model_and_base_weights_stay_frozen(sd_pipe, fixed_batch):
+    trainer = trainer_for(sd_pipe, lora_rank=4)
+    base = sd_pipe.unet
+    latents = torch.randn(2, 4, 8, 8)
+    t = torch.tensor([10, 500])
+    cond = trainer.adapter.encode_prompts(["a cat", "a dog"])["encoder_hidden_states"]
+    trainer.step(fixed_batch, torch.Generator().manual_seed(0))  # the adapters move away from zero
+    with torch.no_grad(), trainer.reference_model() as reference:
+        ref_out = reference(latents, t, cond).sample
+    with torch.no_grad():
+        base_out = base(latents, t, cond).sample
+        policy_out = trainer.model(latents, t, cond).sample
+    assert torch.allclose(ref_out, base_out, atol=1e-6)
+    assert not torch.allclose(policy_out, base_out, atol=1e-6)
+    trained = {n for n, p in trainer.policy.named_parameters() if p.requires_grad}
+    assert trained and all("lora" in n for n in trained)
+
+
+@given(st.floats(-5, 5), st.floats(-5, 5), st.floats(0.1, 10))
+def test_fine_loss_gradient_pulls_the_logit_to_the_scaled_gap(logit, gap, scale):
+    z = torch.tensor(logit, dtype=torch.float64, requires_grad=True)
+    ((scale * gap - z) ** 2).backward()
+    assert z.grad.item() == pytest.approx(-2 * (scale * gap - logit), abs=1e-9)
+
+
+def test_fine_loss_regresses_on_stored_gaps(sd_pipe, fixed_batch):
+    trainer = trainer_for(sd_pipe, loss="fine", gap_scale=2.0, data={"paths": ["/tmp"], "gap_file": "/tmp/g.parquet"})
+    value, _ = trainer.loss(fixed_batch, torch.Generator().manual_seed(0))
+    assert value.item() == pytest.approx(((2.0 * fixed_batch["gap"]) ** 2).mean().item(), rel=1e-6)  # logit 0 at step 0
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_flow_matching_transformer_trains(flux_pipe, fixed_batch, stage):
+    trainer = trainer_for(flux_pipe, stage=stage, max_sequence_length=32)
+    first = trainer.step(fixed_batch, torch.Generator().manual_seed(0))
+    if stage == "dpo":
+        assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    losses = [trainer.step(fixed_batch, torch.Generator().manual_seed(0))["loss"] for _ in range(4)]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < first["loss"]
+
+
+def test_same_noise_and_timestep_for_winner_and_loser(sd_pipe, flux_pipe):
+    for pipe in (sd_pipe, flux_pipe):
+        adapter = adapter_for(pipe)
+        latents = torch.randn(6, 4 if pipe is sd_pipe else 4, 8, 8)
+        noisy, t, target = adapter.noise(latents, torch.Generator().manual_seed(1))
+        assert torch.equal(t[:3], t[3:])
+        assert not torch.equal(noisy[:3], noisy[3:])

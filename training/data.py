@@ -1,8 +1,16 @@
-"""Pair shards -> a Ray Dataset of training pairs (decoded, resized, center-cropped pixels in [-1, 1])."""
+"""Pair shards -> a Ray Dataset of training pairs: decoded, resized, center-cropped pixels in [-1, 1], or
+the pairs' VAE latents from a latent cache that is built once, as a Ray Data stage, beside the shards.
+
+Per-category mixture weights subsample categories so the stream follows the weights; agreement and
+confidence filters drop weakly labelled pairs; an optional gap file adds each pair's target gap.
+"""
 
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +19,7 @@ import pyarrow.compute as pc
 
 from pipelines.store import shard_files
 from schemas.config import TrainData
+from schemas.pair import stable_hash
 
 COLUMNS = ["pair_id", "category", "prompt", "image_w", "image_l", "agreement", "confidence"]
 
@@ -42,14 +51,9 @@ def mixture_fractions(rows: dict[str, int], weights: dict[str, float] | None) ->
 
 def to_pixels(data: bytes, resolution: int) -> np.ndarray:
     """Encoded image -> (3, r, r) float32 in [-1, 1]: shorter side resized to r, then center-cropped."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
-    img = Image.open(io.BytesIO(data)).convert("RGB")
-    scale = resolution / min(img.size)
-    img = img.resize((max(resolution, round(img.width * scale)), max(resolution, round(img.height * scale))),
-                     Image.BICUBIC)
-    left, top = (img.width - resolution) // 2, (img.height - resolution) // 2
-    img = img.crop((left, top, left + resolution, top + resolution))
+    img = ImageOps.fit(Image.open(io.BytesIO(data)).convert("RGB"), (resolution, resolution), Image.BICUBIC)
     return (np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 127.5) - 1.0
 
 
@@ -58,7 +62,10 @@ def decode_batch(batch: pa.Table, resolution: int) -> dict:
         return np.stack([to_pixels(img["bytes"], resolution) for img in batch.column(col).to_pylist()])
 
     return {"pair_id": np.array(batch.column("pair_id").to_pylist(), dtype=object),
+            "category": np.array(batch.column("category").to_pylist(), dtype=object),
             "prompt": np.array(batch.column("prompt").to_pylist(), dtype=object),
+            "agreement": np.array(batch.column("agreement").to_pylist(), dtype=np.float64),
+            "confidence": np.array(batch.column("confidence").to_pylist(), dtype=np.float64),
             "pixels_w": pixels("image_w"), "pixels_l": pixels("image_l")}
 
 
@@ -68,17 +75,80 @@ def keep(batch: pa.Table, data: TrainData) -> pa.Table:
     return batch.filter(mask)
 
 
-def training_pairs(data: TrainData):
-    """Streaming dataset of decoded pairs from the shards named by `data`."""
+class LatentEncoder:
+    """Ray Data actor: pixels -> VAE latents (the posterior mean, as the trainer would compute them)."""
+
+    def __init__(self, model_path: str):
+        from diffusers import DiffusionPipeline
+
+        from training.models import adapter_for
+        from workers.runtime import setup_worker
+
+        setup_worker(1)
+        self.adapter = adapter_for(DiffusionPipeline.from_pretrained(model_path))
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        n = len(batch["pair_id"])
+        pixels = torch.cat([torch.as_tensor(batch.pop("pixels_w")), torch.as_tensor(batch.pop("pixels_l"))])
+        latents = self.adapter.encode_images(pixels).float().numpy()
+        batch["latent_w"], batch["latent_l"] = latents[:n], latents[n:]
+        return batch
+
+
+def latent_cache(root: str, files: list[str], model_path: str, data: TrainData, num_gpus: float) -> Path:
+    """`root/latents/<key>/`, built if missing: <key> names the model, the resolution and the exact set of
+    shards, so new shards or another model get their own cache. Written to a temporary folder and
+    renamed into place, so a half-built cache is never read."""
+    import ray
+
+    key = stable_hash("latents", model_path, data.resolution, sorted((os.path.basename(f), os.path.getsize(f))
+                                                                       for f in files))
+    final = Path(root) / "latents" / key
+    if final.exists():
+        return final
+    tmp = final.with_name(f".tmp-{uuid.uuid4().hex}")
+    ds = ray.data.read_parquet(files, columns=COLUMNS)
+    ds = ds.map_batches(decode_batch, fn_kwargs=dict(resolution=data.resolution), batch_format="pyarrow")
+    ds = ds.map_batches(LatentEncoder, fn_constructor_kwargs=dict(model_path=model_path), batch_size=16,
+                        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5, num_gpus=num_gpus)
+    try:
+        ds.write_parquet(str(tmp))
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def attach_gaps(batch: pa.Table, gaps: dict[str, float]) -> pa.Table:
+    return batch.append_column("gap", pa.array([gaps.get(p, np.nan) for p in batch.column("pair_id").to_pylist()],
+                                               pa.float64()))
+
+
+def training_pairs(data: TrainData, model_path: str, num_gpus: float = 0.0):
+    """Streaming dataset of training pairs from the shards named by `data`."""
     import pyarrow.parquet as pq
     import ray
+    from ray.data.expressions import col
 
     files = pair_files(data)
     rows = {c: sum(pq.ParquetFile(f).metadata.num_rows for f in fs) for c, fs in files.items()}
+    if data.latent_cache:
+        caches = [latent_cache(root, [f for fs in files.values() for f in fs if Path(f).is_relative_to(Path(root))],
+                               model_path, data, num_gpus) for root in data.paths]
+        cached = ray.data.read_parquet([str(c) for c in caches])
     parts = []
     for category, fraction in mixture_fractions(rows, data.categories).items():
-        part = ray.data.read_parquet(files[category], columns=COLUMNS)
+        part = cached.filter(expr=col("category") == category) if data.latent_cache \
+            else ray.data.read_parquet(files[category], columns=COLUMNS)
         parts.append(part if fraction >= 1.0 else part.random_sample(fraction, seed=0))
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     ds = ds.map_batches(keep, fn_kwargs=dict(data=data), batch_format="pyarrow")
-    return ds.map_batches(decode_batch, fn_kwargs=dict(resolution=data.resolution), batch_format="pyarrow")
+    if not data.latent_cache:
+        ds = ds.map_batches(decode_batch, fn_kwargs=dict(resolution=data.resolution), batch_format="pyarrow")
+    if data.gap_file:
+        gaps = pq.read_table(data.gap_file, columns=["pair_id", "gap"]).to_pydict()
+        ds = ds.map_batches(attach_gaps, fn_kwargs=dict(gaps=dict(zip(gaps["pair_id"], gaps["gap"]))),
+                            batch_format="pyarrow")
+    return ds

@@ -1,10 +1,11 @@
-"""Ray Train Diffusion-DPO / Poly-DPO: `pairforge train CONFIG`.
+"""Ray Train SFT and Diffusion-DPO / Poly-DPO: `pairforge train CONFIG`.
 
 A `TorchTrainer` runs `train_loop` on N workers (gloo on CPU, NCCL on GPU); each streams its shard of
-the pairs (`ray.train.get_dataset_shard`). The policy starts from `model` and the frozen reference is
-a copy of it; every `checkpoint_every` steps rank 0 saves the policy (`save_pretrained`) with the
-optimizer state, and a restarted run resumes from the latest checkpoint. Metrics (loss, implicit
-accuracy, reward margin, grad norm) go to Ray and to `OUTPUT/NAME/metrics.csv`.
+the pairs (`ray.train.get_dataset_shard`). Stage `sft` fits the denoising loss on winners; stage `dpo`
+starts the policy and the frozen reference from `model` (or `init_checkpoint`, e.g. the SFT result).
+Every `checkpoint_every` steps rank 0 saves the policy (`save_pretrained`, or the LoRA weights) with
+the optimizer state, and a re-run of the same name resumes from the latest checkpoint. Metrics (loss,
+implicit accuracy, reward margin, grad norm) go to Ray and to `OUTPUT/NAME/metrics.csv`.
 """
 
 from __future__ import annotations
@@ -15,30 +16,145 @@ import logging
 import os
 import shutil
 import tempfile
+import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+import torch
+
 from schemas.config import TrainConfig
+from training.dpo import dpo_logits, pair_metrics, per_sample_mse, preference_loss
+from training.models import adapter_for, repeat_cond
 from workers.runtime import WORKER_ENV, setup_worker
 
 log = logging.getLogger("pairforge.train")
 
 STATE_FILE = "trainer_state.pt"
-METRICS = ["step", "loss", "implicit_acc", "reward_margin", "grad_norm", "lr"]
+LORA_FILE = "lora.safetensors"
+METRICS = ["step", "loss", "implicit_acc", "reward_margin", "grad_norm", "lr", "step_s"]
 
 
-def load_policy_checkpoint(model, checkpoint_dir: str, subfolder: str):
-    """Copy saved policy weights into `model` (same architecture)."""
+class PreferenceTrainer:
+    """One model being trained: the policy, the reference, the optimizer and one step of either stage."""
+
+    def __init__(self, pipe, cfg: TrainConfig, device: str = "cpu"):
+        self.cfg, self.device = cfg, device
+        self.adapter = adapter_for(pipe)
+        if hasattr(self.adapter, "max_sequence_length"):
+            self.adapter.max_sequence_length = cfg.max_sequence_length
+        pipe.to(device)
+        self.policy = self.adapter.model
+        if cfg.init_checkpoint:
+            load_trainable(self.policy, cfg.init_checkpoint, self.adapter.trainable)
+        self.reference = None
+        if cfg.lora_rank:
+            from peft import LoraConfig
+
+            self.policy.requires_grad_(False)
+            self.policy.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
+                                               init_lora_weights="gaussian", target_modules=self.adapter.lora_targets))
+        elif cfg.stage == "dpo":
+            self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+            self.policy.requires_grad_(True)
+        else:
+            self.policy.requires_grad_(True)
+        if cfg.gradient_checkpointing:
+            self.policy.enable_gradient_checkpointing()
+        self.policy.train()
+        self.params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate)
+        self.model = self.policy  # what forward passes use; wrapped in DDP by prepare_model on N workers
+
+    @contextmanager
+    def reference_model(self):
+        """The frozen reference: its own copy, or with LoRA the policy with its adapters disabled."""
+        if self.reference is not None:
+            yield self.reference
+            return
+        self.policy.disable_adapters()
+        try:
+            yield self.model
+        finally:
+            self.policy.enable_adapters()
+
+    def _autocast(self):
+        if self.cfg.mixed_precision == "bf16" and self.device == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def latents(self, batch: dict) -> torch.Tensor:
+        """cat([winners, losers]) latents, from the latent cache or encoded on the fly."""
+        if "latent_w" in batch:
+            return torch.cat([torch.as_tensor(batch["latent_w"]), torch.as_tensor(batch["latent_l"])]).to(self.device)
+        pixels = torch.cat([torch.as_tensor(batch["pixels_w"]), torch.as_tensor(batch["pixels_l"])]).to(self.device)
+        return self.adapter.encode_images(pixels)
+
+    def loss(self, batch: dict, rng: torch.Generator) -> tuple[torch.Tensor, dict]:
+        a, cfg = self.adapter, self.cfg
+        latents = self.latents(batch)
+        cond = a.encode_prompts(list(batch["prompt"]))
+        with self._autocast():
+            if cfg.stage == "sft":
+                winners = latents[: latents.shape[0] // 2]
+                noisy, t, target = a.noise(winners, rng, paired=False)
+                loss = per_sample_mse(a.predict(self.model, noisy, t, cond), target).mean()
+                return loss, {}
+            cond = repeat_cond(cond, 2)
+            noisy, t, target = a.noise(latents, rng, paired=True)
+            err_w, err_l = per_sample_mse(a.predict(self.model, noisy, t, cond), target).chunk(2)
+            with torch.no_grad(), self.reference_model() as reference:
+                ref_w, ref_l = per_sample_mse(a.predict(reference, noisy, t, cond), target).chunk(2)
+        logits = dpo_logits(err_w, err_l, ref_w, ref_l, cfg.beta)
+        if cfg.loss == "fine":
+            gap = torch.as_tensor(batch["gap"], dtype=logits.dtype, device=logits.device)
+            loss = ((cfg.gap_scale * gap - logits) ** 2).mean()
+        else:
+            loss = preference_loss(logits, cfg.loss, cfg.alpha).mean()
+        return loss, pair_metrics(logits.detach())
+
+    def step(self, batch: dict, rng: torch.Generator) -> dict:
+        loss, metrics = self.loss(batch, rng)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm=1.0)
+        self.optimizer.step()
+        return {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": self.optimizer.param_groups[0]["lr"], **metrics}
+
+    def save(self, directory: str, step: int) -> None:
+        """The trainable weights (`save_pretrained`, or LoRA weights as a safetensors state dict) and the
+        optimizer state."""
+        if self.cfg.lora_rank:
+            from peft.utils import get_peft_model_state_dict
+            from safetensors.torch import save_file
+
+            os.makedirs(os.path.join(directory, self.adapter.trainable), exist_ok=True)
+            save_file(get_peft_model_state_dict(self.policy), os.path.join(directory, self.adapter.trainable, LORA_FILE))
+        else:
+            self.policy.save_pretrained(os.path.join(directory, self.adapter.trainable))
+        torch.save({"optimizer": self.optimizer.state_dict(), "step": step}, os.path.join(directory, STATE_FILE))
+
+    def restore(self, directory: str) -> int:
+        if self.cfg.lora_rank:
+            from peft.utils import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(self.policy, load_file(os.path.join(directory, self.adapter.trainable, LORA_FILE)))
+        else:
+            load_trainable(self.policy, directory, self.adapter.trainable)
+        state = torch.load(os.path.join(directory, STATE_FILE), map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        return state["step"]
+
+
+def load_trainable(model: torch.nn.Module, checkpoint_dir: str, subfolder: str) -> None:
+    """Copy saved weights of the same architecture into `model`."""
     loaded = type(model).from_pretrained(checkpoint_dir, subfolder=subfolder)
     model.load_state_dict(loaded.state_dict())
 
 
 def train_loop(config: dict) -> None:
     import ray.train
-    import torch
     from diffusers import DiffusionPipeline
-
-    from training.dpo import dpo_logits, pair_metrics, per_sample_mse, preference_loss
-    from training.models import adapter_for
 
     cfg = TrainConfig.model_validate(config["cfg"])
     setup_worker(config.get("num_threads", 1))
@@ -46,55 +162,35 @@ def train_loop(config: dict) -> None:
     rank = ctx.get_world_rank()
     device = "cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu"
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank
-    adapter = adapter_for(DiffusionPipeline.from_pretrained(config["model_path"]))
-    adapter.pipe.to(device)
-    policy = adapter.model
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    policy.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate)
-
+    trainer = PreferenceTrainer(DiffusionPipeline.from_pretrained(config["model_path"]), cfg, device)
     step = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            load_policy_checkpoint(policy, d, adapter.trainable)
-            state = torch.load(os.path.join(d, STATE_FILE), map_location=device, weights_only=True)
-            optimizer.load_state_dict(state["optimizer"])
-            step = state["step"]
-    model = ray.train.torch.prepare_model(policy, move_to_device=False) if ctx.get_world_size() > 1 else policy
-    noise_rng = torch.Generator().manual_seed(cfg.seed * 1000 + rank + step)
+            step = trainer.restore(d)
+    if ctx.get_world_size() > 1:
+        trainer.model = ray.train.torch.prepare_model(trainer.policy, move_to_device=False)
+    rng = torch.Generator().manual_seed(cfg.seed * 1000 + rank + step)
     shard = ray.train.get_dataset_shard("train")
 
     while step < cfg.max_steps:
         batches = 0
+        tick = time.perf_counter()
         for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy", drop_last=True):
             batches += 1
-            pixels = torch.cat([torch.from_numpy(batch["pixels_w"]), torch.from_numpy(batch["pixels_l"])]).to(device)
-            latents = adapter.encode_images(pixels)
-            cond = adapter.encode_prompts(list(batch["prompt"])).repeat(2, 1, 1)
-            noisy, t, target = adapter.noise(latents, noise_rng)
-            err_w, err_l = per_sample_mse(adapter.predict(model, noisy, t, cond), target).chunk(2)
-            with torch.no_grad():
-                ref_w, ref_l = per_sample_mse(adapter.predict(reference, noisy, t, cond), target).chunk(2)
-            logits = dpo_logits(err_w, err_l, ref_w, ref_l, cfg.beta)
-            loss = preference_loss(logits, cfg.loss, cfg.alpha).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm=1.0)
-            optimizer.step()
+            metrics = {"step": step + 1, **trainer.step(batch, rng)}
+            metrics["step_s"], tick = time.perf_counter() - tick, time.perf_counter()  # data wait + step
             step += 1
-            metrics = {"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(),
-                       "lr": optimizer.param_groups[0]["lr"], **pair_metrics(logits.detach())}
+            if rank == 0:
+                append_metrics(Path(config["metrics_csv"]), metrics)
             save = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
-            with tempfile.TemporaryDirectory() as d:
-                ckpt = None
-                if save and rank == 0:
-                    policy.save_pretrained(os.path.join(d, adapter.trainable))
-                    torch.save({"optimizer": optimizer.state_dict(), "step": step}, os.path.join(d, STATE_FILE))
-                    ckpt = ray.train.Checkpoint.from_directory(d)
-                if rank == 0:
-                    append_metrics(Path(config["metrics_csv"]), metrics)
-                ray.train.report(metrics, checkpoint=ckpt)
+            if save or step % cfg.report_every == 0:  # a report is a round trip to the controller: not every step
+                with tempfile.TemporaryDirectory() as d:
+                    ckpt = None
+                    if save and rank == 0:
+                        trainer.save(d, step)
+                        ckpt = ray.train.Checkpoint.from_directory(d)
+                    ray.train.report(metrics, checkpoint=ckpt)
             if step >= cfg.max_steps:
                 break
         if batches == 0:
@@ -113,7 +209,7 @@ def append_metrics(path: Path, metrics: dict) -> None:
 
 def train(cfg: TrainConfig):
     """Fit (or resume) the run `cfg.name` under `cfg.output`; returns the Ray Train `Result`. The final
-    policy is also copied to `OUTPUT/NAME/final/<trainable>` (loadable with `from_pretrained`)."""
+    weights are also copied to `OUTPUT/NAME/final/<unet|transformer>`."""
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -136,7 +232,7 @@ def train(cfg: TrainConfig):
                                      resources_per_worker=cfg.resources_per_worker),
         run_config=RunConfig(name="ray", storage_path=str(run_dir),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets={"train": training_pairs(cfg.data)},
+        datasets={"train": training_pairs(cfg.data, model_path, num_gpus=1.0 if cfg.use_gpu else 0.0)},
     )
     result = trainer.fit()
     if result.checkpoint:
