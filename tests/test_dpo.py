@@ -119,6 +119,16 @@ def test_fine_loss_regresses_on_stored_gaps(sd_pipe, fixed_batch):
     assert value.item() == pytest.approx(((2.0 * fixed_batch["gap"]) ** 2).mean().item(), rel=1e-6)  # logit 0 at step 0
 
 
+def test_sdxl_unet_trains_with_its_extra_conditioning(tiny_kit, fixed_batch):
+    from diffusers import StableDiffusionXLPipeline
+
+    trainer = trainer_for(StableDiffusionXLPipeline.from_pretrained(tiny_kit / "sdxl"))
+    assert trainer.adapter.xl
+    first = trainer.step(fixed_batch, torch.Generator().manual_seed(0))
+    # ln 2 up to kernel rounding: with gradients on, CPU attention may take another (equally exact) path
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-4) and math.isfinite(first["grad_norm"])
+
+
 @pytest.mark.parametrize("stage", ["sft", "dpo"])
 def test_flow_matching_transformer_trains(flux_pipe, fixed_batch, stage):
     trainer = trainer_for(flux_pipe, stage=stage, max_sequence_length=32)

@@ -16,6 +16,7 @@ def test_kit_has_every_model_family(tiny_kit):
 
 @pytest.mark.parametrize("name,kwargs", [
     ("sd", {"guidance_scale": 5.0}),
+    ("sdxl", {"guidance_scale": 5.0}),
     ("sd3", {"guidance_scale": 5.0, "max_sequence_length": 32}),
     ("flux", {"guidance_scale": 0.0, "max_sequence_length": 32}),
 ])

@@ -1,6 +1,6 @@
 """What the training loop needs from a diffusion model family: encode, noise, predict.
 
-- `EpsilonUNet`: SD1.5 / SDXL-style pipelines (epsilon or v prediction, DDPM noise schedule).
+- `EpsilonUNet`: SD1.5 / SDXL-style UNets (epsilon or v prediction, DDPM noise schedule).
 - `FlowTransformer`: SD3 / FLUX-style flow-matching transformers (velocity target).
 Video models (Wan) plug in beside them with the same five methods.
 
@@ -18,16 +18,21 @@ def _draw(shape, generator, dtype, device) -> torch.Tensor:
 
 
 class EpsilonUNet:
+    """SD1.5-style, and SDXL-style with its extra conditioning: the pooled text embedding of the second
+    encoder and the size/crop ids (original size = target size = the training resolution, no crop)."""
+
     trainable = "unet"
     lora_targets = ["to_q", "to_k", "to_v", "to_out.0"]
 
     def __init__(self, pipe):
-        from diffusers import DDPMScheduler
+        from diffusers import DDPMScheduler, StableDiffusionXLPipeline
 
         self.pipe = pipe
+        self.xl = isinstance(pipe, StableDiffusionXLPipeline)
         self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        for frozen in (pipe.vae, pipe.text_encoder):
-            frozen.requires_grad_(False).eval()
+        for name in ("vae", "text_encoder", "text_encoder_2"):
+            if getattr(pipe, name, None) is not None:
+                getattr(pipe, name).requires_grad_(False).eval()
 
     @property
     def model(self) -> torch.nn.Module:
@@ -41,6 +46,9 @@ class EpsilonUNet:
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict:
+        if self.xl:
+            embeds, _, pooled, _ = self.pipe.encode_prompt(prompts, do_classifier_free_guidance=False)
+            return {"encoder_hidden_states": embeds, "text_embeds": pooled}
         tok = self.pipe.tokenizer
         ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids.to(self.pipe.text_encoder.device)
@@ -59,7 +67,12 @@ class EpsilonUNet:
         return noisy, t, noise
 
     def predict(self, model: torch.nn.Module, noisy: torch.Tensor, t: torch.Tensor, cond: dict):
-        return model(noisy, t, cond["encoder_hidden_states"]).sample
+        if not self.xl:
+            return model(noisy, t, cond["encoder_hidden_states"]).sample
+        h, w = (side * self.pipe.vae_scale_factor for side in noisy.shape[-2:])
+        time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=noisy.dtype, device=noisy.device).repeat(noisy.shape[0], 1)
+        return model(noisy, t, cond["encoder_hidden_states"],
+                     added_cond_kwargs={"text_embeds": cond["text_embeds"], "time_ids": time_ids}).sample
 
 
 class FlowTransformer:
@@ -124,11 +137,11 @@ def repeat_cond(cond: dict, times: int) -> dict:
 
 
 def adapter_for(pipe):
-    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    if isinstance(pipe, StableDiffusionPipeline):
+    if isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
         return EpsilonUNet(pipe)
     if isinstance(pipe, (StableDiffusion3Pipeline, FluxPipeline)):
         return FlowTransformer(pipe)
     raise ValueError(f"no training support for {type(pipe).__name__} (supported: StableDiffusionPipeline, "
-                     "StableDiffusion3Pipeline, FluxPipeline)")
+                     "StableDiffusionXLPipeline, StableDiffusion3Pipeline, FluxPipeline)")

@@ -18,12 +18,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-KIT_VERSION = 1
+KIT_VERSION = 2
 TINY_PREFIX = "tiny:"
 
 # name -> (builder function name, kind); kinds match the worker families.
 TINY_MODELS = {
     "sd": "generator",
+    "sdxl": "generator",
     "sd3": "generator",
     "flux": "generator",
     "qwen2-vl-a": "judge",
@@ -75,6 +76,7 @@ def build_tiny_models(out: str | os.PathLike) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     builders = {
         "sd": lambda d: build_sd(d, seed=0),
+        "sdxl": lambda d: build_sdxl(d, seed=3),
         "sd3": lambda d: build_sd3(d, seed=1),
         "flux": lambda d: build_flux(d, seed=2),
         "qwen2-vl-a": lambda d: build_qwen_vl(d, family="qwen2-vl", seed=0),
@@ -190,6 +192,27 @@ def build_sd(out: Path, seed: int = 0) -> None:
     StableDiffusionPipeline(vae=_tiny_vae(flow=False), text_encoder=_tiny_clip_text(tok), tokenizer=tok, unet=unet,
                             scheduler=sched, safety_checker=None, feature_extractor=None,
                             requires_safety_checker=False).save_pretrained(out)
+
+
+def build_sdxl(out: Path, seed: int = 3) -> None:
+    """SDXL-style: a UNet with the text_time extra conditioning (pooled text embeds + size/crop ids) and
+    two CLIP text encoders, the second with a projection."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    tok = tiny_clip_tokenizer()
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        norm_num_groups=32, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=32 + 6 * 8, cross_attention_dim=64)
+    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                   steps_offset=1, timestep_spacing="leading")
+    StableDiffusionXLPipeline(vae=_tiny_vae(flow=False), text_encoder=_tiny_clip_text(tok), tokenizer=tok,
+                              text_encoder_2=_tiny_clip_text(tok, "CLIPTextModelWithProjection"), tokenizer_2=tok,
+                              unet=unet, scheduler=sched, force_zeros_for_empty_prompt=True).save_pretrained(out)
 
 
 def build_sd3(out: Path, seed: int = 1) -> None:
