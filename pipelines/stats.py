@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from pipelines.calibration import reward_consistent
 from pipelines.store import shard_files
 
 _COLUMNS = {
-    "pairs": ["category", "label_source", "votes", "agreement", "confidence", "rewards"],
+    "pairs": ["pair_id", "category", "label_source", "votes", "agreement", "confidence", "rewards", "generator_w",
+              "generator_l"],
     "undecided": ["category", "reason", "votes"],
     "errors": ["category"],
 }
@@ -43,9 +45,17 @@ def compute_stats(out: str | Path) -> dict:
     sources: dict[str, Counter] = defaultdict(Counter)
     confidence_sum: Counter = Counter()
     reward_right: dict[str, Counter] = defaultdict(Counter)
+    games: list[tuple[str, str, str, str]] = []  # (pair_id, category, winner generator, loser generator)
     for row in _iter_rows(out, "pairs"):
         c = cats[row["category"]]
         c["pairs"] += 1
+        if row["generator_w"]["name"] != row["generator_l"]["name"]:  # same-generator pairs say nothing of generators
+            games.append((row["pair_id"], row["category"], row["generator_w"]["name"], row["generator_l"]["name"]))
+        rewards = [r for r in row["rewards"] or [] if r["score_w"] is not None and r["score_l"] is not None]
+        consistent = reward_consistent([r["score_w"] for r in rewards], [r["score_l"] for r in rewards])
+        if consistent is not None:
+            c["reward_checked"] += 1
+            c["reward_consistent"] += consistent
         sources[row["category"]][row["label_source"]] += 1
         if row["agreement"] is not None:
             agreement[row["category"]][f"{row['agreement']:.2f}"] += 1
@@ -77,12 +87,16 @@ def compute_stats(out: str | Path) -> dict:
             "votes": c["votes"], "abstentions": c["abstentions"], "abstention_rate": rate(c["abstentions"], c["votes"]),
             "judge_verdicts": c["judge_verdicts"], "position_flips": c["position_flips"],
             "position_bias_rate": rate(c["position_flips"], c["judge_verdicts"]),
+            "reward_consistency": rate(c["reward_consistent"], c["reward_checked"]),
         }
         report["totals"].update({k: c[k] for k in ("pairs", "undecided", "errors", "votes", "abstentions",
-                                                    "judge_verdicts", "position_flips")})
+                                                    "judge_verdicts", "position_flips", "reward_checked",
+                                                    "reward_consistent")})
     t = report["totals"]
     report["totals"] = dict(t, abstention_rate=rate(t["abstentions"], t["votes"]),
-                            position_bias_rate=rate(t["position_flips"], t["judge_verdicts"]))
+                            position_bias_rate=rate(t["position_flips"], t["judge_verdicts"]),
+                            reward_consistency=rate(t["reward_consistent"], t["reward_checked"]))
+    report["arena"] = arena_report(out, games)
     report["rewards"] = {m: {"pairs": c["pairs"], "agrees_with_label": rate(c["agrees_with_label"], c["pairs"])}
                          for m, c in sorted(reward_right.items())}
     manifest = out / "manifest.json"
@@ -97,6 +111,31 @@ def compute_stats(out: str | Path) -> dict:
         table = pq.read_table(rejects, columns=["reject_reason"])
         report["rejected_prompts"] = dict(Counter(r.split(":")[0] for r in table.column("reject_reason").to_pylist()))
     return report
+
+
+def arena_report(out: Path, games: list[tuple[str, str, str, str]]) -> dict | None:
+    """Fit the Arena on every decided pair between two different generators; write each pair's expected
+    quality gap to OUT/arena/gaps.parquet (pair_id, category, gap: the trainer's `data.gap_file`) and
+    return the leaderboard with 95% intervals and the win-rate matrix."""
+    import pyarrow as pa
+
+    from pipelines.arena import expected_gap, fit_arena, leaderboard
+    from pipelines.store import write_table_atomic
+
+    if not games:
+        return None
+    ratings = fit_arena([g[2] for g in games], [g[3] for g in games])
+    gaps = [expected_gap(ratings[w].mu, ratings[w].sigma, ratings[lo].mu, ratings[lo].sigma) for _, _, w, lo in games]
+    write_table_atomic(pa.table({"pair_id": [g[0] for g in games], "category": [g[1] for g in games],
+                                 "winner": [g[2] for g in games], "loser": [g[3] for g in games],
+                                 "gap": pa.array(gaps, pa.float64())}), out / "arena" / "gaps.parquet")
+    names = sorted(ratings)
+    wins = {a: {b: 0 for b in names} for a in names}
+    for _, _, w, lo in games:
+        wins[w][lo] += 1
+    matrix = {a: {b: (round(wins[a][b] / (wins[a][b] + wins[b][a]), 4) if wins[a][b] + wins[b][a] else None)
+                  for b in names if b != a} for a in names}
+    return {"leaderboard": leaderboard(ratings), "win_rate": matrix, "pairs": len(games)}
 
 
 def format_stats(report: dict) -> str:
@@ -115,6 +154,13 @@ def format_stats(report: dict) -> str:
             lines.append(f"  {cat} undecided: " + ", ".join(f"{k}: {v}" for k, v in c["undecided_reasons"].items()))
     for m, r in report["rewards"].items():
         lines.append(f"  reward {m}: agrees with the label on {r['agrees_with_label']:.1%} of {r['pairs']} pairs")
+    if report["totals"].get("reward_consistency") is not None:
+        lines.append(f"  reward consistency (every reward model ranks the same image higher): "
+                     f"{report['totals']['reward_consistency']:.1%} of {report['totals']['reward_checked']} pairs")
+    if report.get("arena"):
+        board = ", ".join(f"{r['generator']} {r['mu']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]"
+                          for r in report["arena"]["leaderboard"])
+        lines.append(f"  arena ({report['arena']['pairs']} pairs): {board}")
     short = {c: b["missing"] for c, b in report.get("balance", {}).items() if b["missing"]}
     if short:
         lines.append("  short of target: " + ", ".join(f"{c}: {m} pairs" for c, m in short.items()))
