@@ -16,7 +16,7 @@ from workers.generator import DiffusersGenerator
 from workers.judge import VLMJudge
 from workers.ocr import OcrReader
 from workers.perturber import LLMPerturber
-from workers.reward import ClipScorer
+from workers.reward import RewardScorer
 
 
 def _pool_args(pool: PoolConfig, runtime_env: dict | None) -> dict:
@@ -47,7 +47,8 @@ def model_refs(cfg: RunConfig) -> list[str]:
     used = used_models(cfg)
     return ([cfg.perturbers[p].model for p in used["perturbers"] if cfg.perturbers[p].backend == "vllm"]
             + [cfg.generators[g].model for g in used["generators"]]
-            + [cfg.judges[j].model for j in used["judges"]] + [cfg.rewards[r].model for r in used["rewards"]])
+            + [cfg.judges[j].model for j in used["judges"]] + [cfg.rewards[r].model for r in used["rewards"]]
+            + [cfg.rewards[r].checkpoint for r in used["rewards"] if cfg.rewards[r].checkpoint])
 
 
 def apply_worker_pools(ds, cfg: RunConfig, model_paths: dict[str, str], runtime_env: dict | None = None):
@@ -73,6 +74,7 @@ def apply_worker_pools(ds, cfg: RunConfig, model_paths: dict[str, str], runtime_
                             fn_constructor_kwargs=dict(name=name, cfg=j.model_dump(), model_path=model_paths[j.model]))
     for name in used["rewards"]:
         r = cfg.rewards[name]
-        ds = ds.map_batches(ClipScorer, batch_size=r.batch_size, **_pool_args(r.pool, runtime_env),
-                            fn_constructor_kwargs=dict(name=name, cfg=r.model_dump(), model_path=model_paths[r.model]))
+        ds = ds.map_batches(RewardScorer, batch_size=r.batch_size, **_pool_args(r.pool, runtime_env),
+                            fn_constructor_kwargs=dict(name=name, cfg=r.model_dump(), model_path=model_paths[r.model],
+                                                       checkpoint_path=model_paths.get(r.checkpoint)))
     return ds

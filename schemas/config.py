@@ -103,10 +103,23 @@ class PanelConfig(Strict):
 
 
 class RewardConfig(Strict):
-    model: str = Field(description="open_clip model: 'local-dir:PATH', 'hf-hub:ORG/REPO', a local dir, or tiny:clip")
-    kind: Literal["clip_score"] = "clip_score"
+    """clip_score, hpsv2 and aesthetic load an open_clip model ('local-dir:PATH', 'hf-hub:ORG/REPO', an open_clip
+    architecture name such as ViT-H-14, a local dir, or tiny:clip); pickscore a transformers CLIPModel."""
+
+    model: str = Field(description="the CLIP model (see the class description)")
+    kind: Literal["clip_score", "pickscore", "hpsv2", "aesthetic"] = "clip_score"
+    pretrained: str | None = Field(None, description="open_clip `pretrained` tag or file for an architecture name "
+                                                     "(e.g. ViT-L-14 + openai)")
+    checkpoint: str | None = Field(None, description="hpsv2: the HPS checkpoint (.pt); aesthetic: the MLP weights "
+                                                     "(.pth); a file, a folder holding one, or tiny:hpsv2 / tiny:aesthetic")
     batch_size: int = Field(16, ge=1)
     pool: PoolConfig = PoolConfig()
+
+    @model_validator(mode="after")
+    def _checkpoint_when_needed(self):
+        if self.kind in ("hpsv2", "aesthetic") and not self.checkpoint:
+            raise ValueError(f"kind {self.kind} needs `checkpoint`")
+        return self
 
 
 class PromptSource(Strict):

@@ -37,7 +37,7 @@ def test_every_prompt_becomes_a_labelled_pair(composition_run):
         assert 0.5 <= row["agreement"] <= 1.0 and 0.0 <= row["confidence"] <= 1.0
         assert {row["generator_w"]["name"], row["generator_l"]["name"]} == {"sd", "flux"}
         assert row["generator_w"]["seed"] == row["generator_l"]["seed"]
-        assert [r["model"] for r in row["rewards"]] == ["clip"]
+        assert [r["model"] for r in row["rewards"]] == cfg.categories["composition"].rewards
         for side in ("image_w", "image_l"):
             assert Image.open(io.BytesIO(row[side]["bytes"])).size == (row["width"], row["height"]) == (64, 64)
     assert len({r["pair_id"] for r in pairs + undecided}) == 8

@@ -1,9 +1,17 @@
-"""Reward models of the CLIP family, loaded through open_clip."""
+"""Reward models of the CLIP family, one actor for all of them:
+
+- clip_score: 100 * max(cos(image, prompt), 0) with an open_clip model.
+- pickscore: a transformers CLIPModel (PickScore is a fine-tuned CLIP-H): logit_scale * cos.
+- hpsv2: open_clip (ViT-H-14 for the real one) with the HPS checkpoint loaded on top: cos.
+- aesthetic: the LAION improved-aesthetic-predictor MLP on normalised open_clip image embeddings
+  (CLIP ViT-L/14 for the real one); ignores the prompt.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -18,37 +26,88 @@ def open_clip_name(model_path: str) -> str:
     return model_path
 
 
-class ClipScorer:
-    """Ray Data actor: CLIP score = 100 * max(cos(image, prompt), 0) of `image_a` and `image_b` for rows
-    whose `reward_models` (comma-separated names) include this one. Appends `{model, score_a, score_b}`
-    to the `rewards` JSON list (a score is None when its image is missing or undecodable)."""
+def checkpoint_file(path: str, suffixes=(".pt", ".pth", ".bin", ".safetensors")) -> str:
+    """A checkpoint given as a file, or as a folder holding exactly one."""
+    p = Path(path)
+    if p.is_file():
+        return str(p)
+    found = sorted(f for f in p.glob("*") if f.suffix in suffixes) if p.is_dir() else []
+    if len(found) != 1:
+        raise FileNotFoundError(f"expected one checkpoint file ({', '.join(suffixes)}) at {path}, found {len(found)}")
+    return str(found[0])
+
+
+def aesthetic_mlp(dim: int):
+    """The LAION improved-aesthetic-predictor head (its state-dict layout: layers.0 ... layers.7)."""
+    import torch
+
+    d = torch.nn.Dropout
+    return torch.nn.Sequential(torch.nn.Linear(dim, 1024), d(0.2), torch.nn.Linear(1024, 128), d(0.2),
+                               torch.nn.Linear(128, 64), d(0.1), torch.nn.Linear(64, 16), torch.nn.Linear(16, 1))
+
+
+class RewardScorer:
+    """Ray Data actor: scores `image_a` and `image_b` against `prompt` for rows whose `reward_models`
+    (comma-separated names) include this one, appending `{model, score_a, score_b}` to the `rewards`
+    JSON list (a score is None when its image is missing or undecodable)."""
 
     input_columns = ("reward_models", "prompt", "image_a", "image_b")
     output_columns = ("rewards",)
 
-    def __init__(self, name: str, cfg: dict, model_path: str, num_threads: int = 1):
+    def __init__(self, name: str, cfg: dict, model_path: str, checkpoint_path: str | None = None,
+                 num_threads: int = 1):
         setup_worker(num_threads)
-        import open_clip
         import torch
 
-        self.name = name
+        self.name, self.torch = name, torch
         self.cfg = RewardConfig.model_validate(cfg)
-        self.torch = torch
         self.device = pick_device()
+        if self.cfg.kind == "pickscore":
+            from transformers import CLIPModel, CLIPProcessor
+
+            self.model = CLIPModel.from_pretrained(model_path).to(self.device).eval()
+            self.processor = CLIPProcessor.from_pretrained(model_path)
+            return
+        import open_clip
+
         ident = open_clip_name(model_path)
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(ident, device=self.device)
-        self.model.eval()
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+            ident, pretrained=self.cfg.pretrained, device=self.device)
         self.tokenizer = open_clip.get_tokenizer(ident)
+        if self.cfg.kind == "hpsv2":
+            open_clip.load_checkpoint(self.model, checkpoint_file(checkpoint_path))
+        if self.cfg.kind == "aesthetic":
+            state = torch.load(checkpoint_file(checkpoint_path), map_location=self.device, weights_only=True)
+            state = {k.removeprefix("layers."): v for k, v in state.items()}
+            self.head = aesthetic_mlp(state["0.weight"].shape[1]).to(self.device)
+            self.head.load_state_dict(state)
+            self.head.eval()
+        self.model.eval()
 
     def scores(self, prompts: list[str], images: list) -> list[float]:
         torch = self.torch
         with torch.inference_mode():
-            x = torch.stack([self.preprocess(im) for im in images]).to(self.device)
-            img = self.model.encode_image(x)
-            txt = self.model.encode_text(self.tokenizer(prompts).to(self.device))
+            if self.cfg.kind == "pickscore":
+                inputs = self.processor(text=prompts, images=images, return_tensors="pt", padding=True,
+                                        truncation=True, max_length=77).to(self.device)
+                img = self.model.get_image_features(pixel_values=inputs["pixel_values"])
+                txt = self.model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+                img, txt = (getattr(x, "pooler_output", x) for x in (img, txt))
+                scale = self.model.logit_scale.exp()
+            else:
+                img = self.model.encode_image(torch.stack([self.preprocess(im) for im in images]).to(self.device))
+                txt = None if self.cfg.kind == "aesthetic" else self.model.encode_text(self.tokenizer(prompts).to(self.device))
+                scale = 100.0
             img = img / img.norm(dim=-1, keepdim=True)
+            if self.cfg.kind == "aesthetic":
+                return self.head(img.float()).squeeze(-1).cpu().tolist()
             txt = txt / txt.norm(dim=-1, keepdim=True)
-            return (100 * (img * txt).sum(-1)).clamp(min=0).float().cpu().tolist()
+            cos = (img * txt).sum(-1).float()
+            if self.cfg.kind == "clip_score":
+                return (scale * cos).clamp(min=0).cpu().tolist()
+            if self.cfg.kind == "hpsv2":
+                return cos.cpu().tolist()
+            return (scale * cos).cpu().tolist()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rewards = [json.loads(r) if r else [] for r in column(batch, "rewards")]

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-KIT_VERSION = 2
+KIT_VERSION = 3
 TINY_PREFIX = "tiny:"
 
 # name -> (builder function name, kind); kinds match the worker families.
@@ -31,6 +31,9 @@ TINY_MODELS = {
     "qwen2.5-vl-b": "judge",
     "qwen2-vl-c": "judge",
     "clip": "reward",
+    "pickscore": "reward",
+    "hpsv2": "reward",
+    "aesthetic": "reward",
 }
 
 
@@ -83,6 +86,9 @@ def build_tiny_models(out: str | os.PathLike) -> Path:
         "qwen2.5-vl-b": lambda d: build_qwen_vl(d, family="qwen2.5-vl", seed=1),
         "qwen2-vl-c": lambda d: build_qwen_vl(d, family="qwen2-vl", seed=2, hidden_layers=3),
         "clip": lambda d: build_open_clip(d, seed=0),
+        "pickscore": lambda d: build_pickscore(d, seed=4),
+        "hpsv2": lambda d: build_hps_checkpoint(d, seed=5),
+        "aesthetic": lambda d: build_aesthetic_mlp(d, seed=6),
     }
     assert builders.keys() == TINY_MODELS.keys()
     for name, build in builders.items():
@@ -326,7 +332,12 @@ def build_qwen_vl(out: Path, family: str = "qwen2-vl", seed: int = 0, hidden_lay
     processor.save_pretrained(out)
 
 
-# --- reward model (open_clip) --------------------------------------------------------------------
+# --- reward models (open_clip, transformers CLIP) ---------------------------------------------------
+
+TINY_OPEN_CLIP = {"embed_dim": 64,
+                  "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+
 
 def build_open_clip(out: Path, seed: int = 0) -> None:
     """A tiny open_clip CLIP saved in the hub layout (`open_clip_config.json` + weights): load it with
@@ -337,11 +348,52 @@ def build_open_clip(out: Path, seed: int = 0) -> None:
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
-    model_cfg = {"embed_dim": 64,
-                 "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
-                 "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+    model_cfg = TINY_OPEN_CLIP
     model = open_clip.CLIP(**model_cfg).eval()
     out.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), out / "open_clip_model.safetensors")
     preprocess_cfg = {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD)}
     (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}))
+
+
+def build_pickscore(out: Path, seed: int = 4) -> None:
+    """PickScore-style: a transformers CLIPModel with its CLIPProcessor (PickScore is a fine-tuned CLIP-H)."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    tok = tiny_clip_tokenizer()
+    config = tf.CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=64, patch_size=16), projection_dim=32)
+    tf.CLIPModel(config).save_pretrained(out)
+    tf.CLIPProcessor(image_processor=tf.CLIPImageProcessor(size={"shortest_edge": 64},
+                                                           crop_size={"height": 64, "width": 64}),
+                     tokenizer=tok).save_pretrained(out)
+
+
+def build_hps_checkpoint(out: Path, seed: int = 5) -> None:
+    """An HPSv2-format checkpoint ({"state_dict": ...}, DDP "module." keys) for the tiny open_clip
+    architecture: HPSv2 is open_clip ViT-H-14 with fine-tuned weights loaded on top."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**TINY_OPEN_CLIP)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {"module." + k: v for k, v in model.state_dict().items()}}, out / "hps.pt")
+
+
+def build_aesthetic_mlp(out: Path, seed: int = 6) -> None:
+    """LAION improved-aesthetic-predictor layout (embed -> 1024 -> 128 -> 64 -> 16 -> 1) on the tiny
+    open_clip's 64-d normalised image embeddings (768-d for CLIP ViT-L/14 in the real one)."""
+    import torch
+
+    from workers.reward import aesthetic_mlp
+
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(aesthetic_mlp(64).state_dict(), out / "aesthetic.pth")
