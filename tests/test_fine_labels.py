@@ -60,10 +60,10 @@ def test_single_reward_selection_is_best_vs_worst():
     assert select_pair(calibrated_rewards(scores)) == (1, 2)
 
 
-@pytest.mark.parametrize("w,l,expected", [([2, 3], [1, 1], True), ([2, 0], [1, 1], False), ([1, 1], [2, 2], True),
+@pytest.mark.parametrize("w,lo,expected", [([2, 3], [1, 1], True), ([2, 0], [1, 1], False), ([1, 1], [2, 2], True),
                                           ([1, 2], [1, 1], False), ([1], [0], None), ([1, None], [0, 0], None)])
-def test_reward_consistency(w, l, expected):
-    assert reward_consistent(w, l) is expected
+def test_reward_consistency(w, lo, expected):
+    assert reward_consistent(w, lo) is expected
 
 
 def simulate(mu_true, n_games, rng):
