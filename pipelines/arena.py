@@ -1,13 +1,13 @@
 """The generator Arena (ArenaPO): each generator's capability ~ N(mu, sigma^2), inferred from every
 labelled pair, and per pair the expected quality gap as an offline fine-grained reward.
 
-Model (Bayesian Thurstone): P(generator w beats l) = Phi(mu_w - mu_l), with the prior
-mu ~ N(0, prior_sd^2).
+Model (Bayesian Thurstone): P(generator w beats l) = Phi(mu_w - mu_l), prior mu ~ N(0, prior_sd^2).
 The posterior is summarised by its mode and a Laplace approximation (the inverse Hessian of the
 negative log posterior at the mode), reported relative to the field's mean, so each generator gets
-mu and sigma and a leaderboard with intervals. For a pair with observed winner w,
-d ~ N(mu_w - mu_l, sigma_w^2 + sigma_l^2) and the gap is E[d | d > 0], the mean of that normal truncated to d > 0: always positive, large when the winner
-is the much stronger generator, small when the result was an upset.
+mu and sigma and a leaderboard with intervals. For a pair with observed winner w, the gap
+d ~ N(mu_w - mu_l, sigma_w^2 + sigma_l^2) and the fine-grained reward is E[d | d > 0], the mean of
+that normal truncated to d > 0: always positive, large when the winner is the much stronger
+generator, small when the result was an upset.
 """
 
 from __future__ import annotations
