@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 export PAIRFORGE_CACHE ?= $(CURDIR)/.cache/pairforge
 
-.PHONY: venv demo test quality style clean
+.PHONY: venv demo test quality style clean browser
 
 venv: $(STAMP)
 
@@ -20,8 +20,15 @@ demo: $(STAMP)
 	$(BIN)/pairforge run configs/demo.yaml
 	$(BIN)/pairforge train configs/demo_train.yaml
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/pytest tests
+
+# The HTML report test drives Debian's chromium. Install it where we can (root on Debian, as in CI);
+# elsewhere that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium is not installed and cannot be installed here: the HTML report test will skip"
 
 quality: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,12 +1,13 @@
 """The A-vs-B construction shared by composition, aesthetics and human_quality (ViPO B.1): two
 generators on the same prompt and seed, or the prompt's existing image against one generator;
-labelled by a VLM panel with the category's rubric."""
+labelled by a VLM panel with the category's rubric. With best_of_n, N images per prompt and the
+rewards choose the pair (CaPO calibration and Pareto fronts, pipelines/calibration.py)."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-from pipelines.records import build_records, derive_seed, fit_image, plan_table, prompt_rows, side_spec
+from pipelines.records import Label, build_records, derive_seed, fit_image, plan_table, prompt_rows, side_spec
 from pipelines.voting import panel_decision
 from schemas.config import RunConfig
 
@@ -21,6 +22,11 @@ def plan_ab(batch: dict, cfg: RunConfig, category: str) -> pa.Table:
     planned = []
     for r in prompt_rows(batch):
         seed = derive_seed(cfg.seed, r["prompt_id"])
+        if ccfg.best_of_n:
+            planned.append({**r, "candidates": [
+                side_spec(cfg, ccfg.generators[k % len(ccfg.generators)], r["prompt"],
+                          derive_seed(cfg.seed, r["prompt_id"], f"candidate-{k}")) for k in range(ccfg.best_of_n)]})
+            continue
         b = side_spec(cfg, ccfg.generators[-1], r["prompt"], seed)
         if ccfg.existing_images:
             image = fit_image(r["source_image"], cfg.generators[b["generator"]].width, cfg.generators[b["generator"]].height)
@@ -31,5 +37,9 @@ def plan_ab(batch: dict, cfg: RunConfig, category: str) -> pa.Table:
 
 
 def label_panel(rows: list[dict], cfg: RunConfig, category: str) -> pa.Table:
-    panel = cfg.panels[cfg.categories[category].panel]
+    """The panel's verdict, or for best-of-N rows the rewards' choice (its winner is already side a)."""
+    ccfg = cfg.categories[category]
+    if ccfg.best_of_n:
+        return build_records(rows, cfg, lambda row: Label("a", "reward"))
+    panel = cfg.panels[ccfg.panel]
     return build_records(rows, cfg, lambda row: panel_decision(row, panel))

@@ -52,14 +52,19 @@ def run(config: Path = typer.Argument(..., help="run config (YAML)"),
 
 @app.command()
 def stats(output: Path = typer.Argument(..., help="output directory of a run"),
-          as_json: bool = typer.Option(False, "--json", help="print the report as JSON")) -> None:
-    """Counts, agreement, position-bias rate and abstentions of an output directory."""
+          as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+          html: Path | None = typer.Option(None, "--html", help="also write an HTML report with plots and samples")) -> None:
+    """Counts, agreement, position bias, abstentions, reward consistency and the Arena of an output directory."""
     from pipelines.stats import format_stats, write_stats
 
     if not (output / "pairs").is_dir():
         _fail(f"{output}: not a pairforge output directory (no pairs/ inside)")
     report = write_stats(output)
     typer.echo(json.dumps(report, indent=1) if as_json else format_stats(report))
+    if html:
+        from pipelines.report import write_html
+
+        typer.echo(f"report: {write_html(output, report, html)}")
 
 
 @app.command()

@@ -6,7 +6,8 @@ and finished rows into typed records of the pair, undecided or error kind.
 
 Working columns: pair_id, category, prompt, prompt_id, prompt_source, gen_a/gen_b (generator names;
 "" for an existing image), prompt_a/prompt_b, seed_a/seed_b, image_a/image_b (PNG bytes), judges,
-reward_models, perturber, edit_k, edit_dimensions, ocr_engine, required_text, ocr (JSON strings).
+reward_models, perturber, edit_k, edit_dimensions, ocr_engine, required_text, ocr (JSON strings), and for
+best-of-N rows cand_gens, cand_seeds (JSON lists), cand_images (PNG bytes), cand_scores (JSON, per model).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ WORK_COLUMNS = {
     "prompt_b": pa.string(), "seed_a": pa.int64(), "seed_b": pa.int64(), "image_a": pa.binary(),
     "image_b": pa.binary(), "judges": pa.string(), "reward_models": pa.string(), "perturber": pa.string(),
     "edit_k": pa.int64(), "edit_dimensions": pa.string(), "ocr_engine": pa.string(), "required_text": pa.string(),
-    "ocr": pa.string(),
+    "ocr": pa.string(), "cand_gens": pa.string(), "cand_seeds": pa.string(), "cand_images": pa.list_(pa.binary()),
+    "cand_scores": pa.string(),
 }
 
 
@@ -76,6 +78,15 @@ def plan_table(cfg: RunConfig, category: str, rows: list[dict]) -> pa.Table:
     judges = ",".join(cfg.panels[ccfg.panel].judges) if ccfg.panel else ""
     out = []
     for r in rows:
+        if r.get("candidates"):
+            cands = r["candidates"]
+            out.append({
+                "pair_id": make_pair_id(category, r["prompt_id"], {"candidates": cands}), "category": category,
+                "prompt": r["prompt"], "prompt_id": r["prompt_id"], "prompt_source": r["prompt_source"],
+                "prompt_a": r["prompt"], "prompt_b": r["prompt"], "judges": "", "reward_models": ",".join(ccfg.rewards),
+                "cand_gens": json.dumps([c["generator"] for c in cands]), "cand_seeds": json.dumps([c["seed"] for c in cands]),
+            })
+            continue
         a, b = r["a"], r["b"]
         extra = {k: r[k] for k in ("perturber", "edit_k", "edit_dimensions", "required_text") if r.get(k) is not None}
         spec = {"a": a if a is not None else {"existing": r["prompt_source"]}, "b": b, **extra}
@@ -130,6 +141,8 @@ def build_records(rows: list[dict], cfg: RunConfig, decide: Callable[[dict], Lab
     config_hash, now = cfg.config_hash(), datetime.now(timezone.utc)
     out = []
     for row in rows:
+        if row.get("cand_gens"):
+            row = pick_from_candidates(row, cfg.categories[row["category"]].rewards)
         common = {"pair_id": row["pair_id"], "category": row["category"], "prompt": row["prompt"],
                   "prompt_id": row["prompt_id"], "prompt_source": row["prompt_source"], "created_at": now,
                   "pipeline_version": PIPELINE_VERSION, "config_hash": config_hash}
@@ -152,7 +165,8 @@ def build_records(rows: list[dict], cfg: RunConfig, decide: Callable[[dict], Lab
                         "generator_a": gen["a"], "generator_b": gen["b"], "ocr": _ocr_reads(ocr, {"a": "a", "b": "b"})})
             continue
         w, lo = label.winner, "b" if label.winner == "a" else "a"
-        rewards = [{"model": r["model"], "score_w": r[f"score_{w}"], "score_l": r[f"score_{lo}"]}
+        rewards = [{"model": r["model"], "score_w": r[f"score_{w}"], "score_l": r[f"score_{lo}"],
+                    "calibrated_w": r.get(f"calibrated_{w}"), "calibrated_l": r.get(f"calibrated_{lo}")}
                    for r in _json(row.get("rewards"), [])]
         loser_prompt = row[f"prompt_{lo}"]
         out.append({**common, **details, "_kind": "pairs", "label_source": label.source,
@@ -162,6 +176,26 @@ def build_records(rows: list[dict], cfg: RunConfig, decide: Callable[[dict], Lab
                     "image_l": _image(row[f"image_{lo}"], row["pair_id"], "l"),
                     "generator_w": gen[w], "generator_l": gen[lo], "ocr": _ocr_reads(ocr, {"w": w, "l": lo})})
     return pa.Table.from_pylist(out, schema=ROW_SCHEMA)
+
+
+def pick_from_candidates(row: dict, models: list[str]) -> dict:
+    """A best-of-N row -> the pair its rewards choose, as an ordinary two-sided row (winner on side a).
+    Raw scores -> CaPO calibrated rewards per model -> Pareto selection (one model: best vs worst)."""
+    from pipelines.calibration import calibrated_rewards, select_pair
+
+    images, gens, seeds = row.get("cand_images") or [], json.loads(row["cand_gens"]), json.loads(row["cand_seeds"])
+    scores = _json(row.get("cand_scores"), {})
+    raw = np.array([[s if s is not None else np.nan for s in scores.get(m, [None] * len(gens))] for m in models],
+                   dtype=np.float64).T
+    if len(images) != len(gens) or any(im is None for im in images) or np.isnan(raw).any():
+        return {**row, "image_a": None, "image_b": None,
+                "error_a": row.get("error_a") or "best-of-N: a candidate image or score is missing"}
+    cal = calibrated_rewards(raw)
+    w, lo = select_pair(cal)
+    rewards = [{"model": m, "score_a": raw[w, k], "score_b": raw[lo, k], "calibrated_a": cal[w, k],
+                "calibrated_b": cal[lo, k]} for k, m in enumerate(models)]
+    return {**row, "image_a": images[w], "image_b": images[lo], "gen_a": gens[w], "gen_b": gens[lo],
+            "seed_a": seeds[w], "seed_b": seeds[lo], "rewards": json.dumps(rewards), "best_of_n": True}
 
 
 def _ocr_reads(ocr: dict | None, sides: dict[str, str]) -> list[dict] | None:

@@ -194,6 +194,9 @@ class CategoryConfig(Strict):
     panel: str | None = Field(None, description="VLM panel (text_rendering: stage 2)")
     rewards: list[str] = []
     existing_images: bool = Field(False, description="side A is the prompt's existing image (sources with image_field)")
+    best_of_n: int | None = Field(None, ge=2, description="A-vs-B categories: draw N images per prompt (round-robin "
+                                                          "over the generators) and pick the pair by the rewards: "
+                                                          "best vs worst, or CaPO calibration + Pareto fronts")
     perturber: str | None = Field(None, description="alignment: name in `perturbers`")
     ocr: str | None = Field(None, description="text_rendering: name in `ocr`")
     min_text_chars: int = Field(2, ge=1, description="text_rendering: shortest text to render (characters)")
@@ -258,11 +261,19 @@ class RunConfig(Strict):
                 if not need["existing_images"]:
                     raise ValueError(f"{where}.existing_images: {cat} does not take existing images")
                 lo, hi = 1, 1
+            if c.best_of_n:
+                lo, hi = 1, None
             if not lo <= n <= (hi or n):
                 want = f"{lo}" if lo == hi else f"at least {lo}"
                 raise ValueError(f"{where}.generators: {cat} needs {want} generator(s), got {n}")
+            if c.best_of_n is not None:
+                if not need["existing_images"] or c.existing_images:
+                    raise ValueError(f"{where}.best_of_n: only for generated A-vs-B categories "
+                                     "(composition, aesthetics, human_quality) without existing_images")
+                if not c.rewards:
+                    raise ValueError(f"{where}.best_of_n: needs rewards to choose the pair")
             for field in need["required"]:
-                if getattr(c, field) is None:
+                if getattr(c, field) is None and not (field == "panel" and c.best_of_n):
                     raise ValueError(f"{where}.{field}: required for {cat}")
             sizes = {(self.generators[g].width, self.generators[g].height) for g in c.generators}
             if len(sizes) > 1:

@@ -37,7 +37,11 @@ VOTE = pa.struct([
     ("logprob_b", pa.float64()),
     ("note", pa.string()),            # why it abstained, or the raw answer when it was parsed from text
 ])
-REWARD = pa.struct([("model", pa.string()), ("score_w", pa.float64()), ("score_l", pa.float64())])
+REWARD = pa.struct([
+    ("model", pa.string()), ("score_w", pa.float64()), ("score_l", pa.float64()),
+    # best-of-N: CaPO calibrated rewards, each image's expected win-rate among the N under this model
+    ("calibrated_w", pa.float64()), ("calibrated_l", pa.float64()),
+])
 OCR_READ = pa.struct([
     ("side", pa.string()),            # "w" / "l" in pairs, "a" / "b" in undecided rows
     ("text", pa.string()),            # what the OCR engine read, in reading order

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pyarrow as pa
@@ -16,10 +17,12 @@ class DiffusersGenerator:
     """Ray Data actor for one configured generator. A row names the generator of each side (`gen_a`,
     `gen_b`) with that side's prompt and seed (`prompt_a`, `seed_a`, ...); this actor fills `image_a` /
     `image_b` (PNG bytes) for the sides that name it and passes the other sides through untouched, so
-    one pool serves every category. A side it cannot generate gets None and the error in `error_a`/`error_b`."""
+    one pool serves every category. A side it cannot generate gets None and the error in `error_a`/`error_b`.
+    Best-of-N rows list their candidates' generators and seeds (`cand_gens`, `cand_seeds`); this actor
+    fills the `cand_images` slots that name it, all from `prompt_a`."""
 
-    input_columns = ("gen_a", "gen_b", "prompt_a", "prompt_b", "seed_a", "seed_b")
-    output_columns = ("image_a", "image_b", "error_a", "error_b")
+    input_columns = ("gen_a", "gen_b", "prompt_a", "prompt_b", "seed_a", "seed_b", "cand_gens", "cand_seeds")
+    output_columns = ("image_a", "image_b", "error_a", "error_b")  # and cand_images for best-of-N rows
 
     def __init__(self, name: str, cfg: dict, model_path: str, num_threads: int = 1):
         setup_worker(num_threads)
@@ -54,14 +57,25 @@ class DiffusersGenerator:
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = {c: column(batch, c) for c in self.output_columns}
         prompts = {s: column(batch, f"prompt_{s}") for s in ("a", "b")}
-        # A side whose prompt is missing (its perturbation failed, see error_b) is left to the record stage.
-        jobs = [(i, side) for side in ("a", "b") for i, g in enumerate(column(batch, f"gen_{side}"))
-                if g == self.name and prompts[side][i] is not None]
         seeds = {s: column(batch, f"seed_{s}") for s in ("a", "b")}
+        # jobs: (row, side, prompt, seed); side "a" / "b", or the index of a best-of-N candidate.
+        # A side whose prompt is missing (its perturbation failed, see error_b) is left to the record stage.
+        jobs = [(i, side, prompts[side][i], seeds[side][i]) for side in ("a", "b")
+                for i, g in enumerate(column(batch, f"gen_{side}")) if g == self.name and prompts[side][i] is not None]
+        candidates = [list(c) if c else None for c in column(batch, "cand_images")]
+        for i, (gens, cand_seeds) in enumerate(zip(column(batch, "cand_gens"), column(batch, "cand_seeds"))):
+            if gens:
+                gens, cand_seeds = json.loads(gens), json.loads(cand_seeds)
+                candidates[i] = candidates[i] or [None] * len(gens)
+                jobs += [(i, k, prompts["a"][i], s) for k, (g, s) in enumerate(zip(gens, cand_seeds)) if g == self.name]
         for start in range(0, len(jobs), self.cfg.batch_size):
             chunk = jobs[start:start + self.cfg.batch_size]
-            images, errors = self._generate_chunk([prompts[s][i] for i, s in chunk], [seeds[s][i] for i, s in chunk])
-            for (i, s), img, err in zip(chunk, images, errors):
-                out[f"image_{s}"][i], out[f"error_{s}"][i] = img, err
-        return with_columns(batch, **{c: pa.array(v, pa.binary() if c.startswith("image") else pa.string())
-                                      for c, v in out.items()})
+            images, errors = self._generate_chunk([j[2] for j in chunk], [j[3] for j in chunk])
+            for (i, side, _, _), img, err in zip(chunk, images, errors):
+                if isinstance(side, int):
+                    candidates[i][side] = img
+                    out["error_a"][i] = out["error_a"][i] or err
+                else:
+                    out[f"image_{side}"][i], out[f"error_{side}"][i] = img, err
+        arrays = {c: pa.array(v, pa.binary() if c.startswith("image") else pa.string()) for c, v in out.items()}
+        return with_columns(batch, **arrays, cand_images=pa.array(candidates, pa.list_(pa.binary())))

@@ -109,7 +109,30 @@ class RewardScorer:
                 return cos.cpu().tolist()
             return (scale * cos).cpu().tolist()
 
+    def _candidates(self, batch: pa.Table, wanted: list[bool]) -> pa.Table:
+        """Best-of-N rows: every candidate's score under this model into `cand_scores` (JSON, per model)."""
+        scores = [json.loads(s) if s else {} for s in column(batch, "cand_scores")]
+        prompt, cands = column(batch, "prompt"), column(batch, "cand_images")
+        for i, images in enumerate(cands):
+            if not wanted[i] or not images:
+                continue
+            decoded = []
+            for data in images:
+                try:
+                    decoded.append(decode_image(data))
+                except (ValueError, TypeError):
+                    decoded.append(None)
+            ok = [k for k, im in enumerate(decoded) if im is not None]
+            values = self.scores([prompt[i]] * len(ok), [decoded[k] for k in ok]) if ok else []
+            row = [None] * len(images)
+            for k, v in zip(ok, values):
+                row[k] = v
+            scores[i][self.name] = row
+        return with_columns(batch, cand_scores=pa.array([json.dumps(s) if s else None for s in scores], pa.string()))
+
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if "cand_images" in batch.column_names:
+            batch = self._candidates(batch, [self.name in (r or "").split(",") for r in column(batch, "reward_models")])
         rewards = [json.loads(r) if r else [] for r in column(batch, "rewards")]
         wanted = [self.name in (r or "").split(",") for r in column(batch, "reward_models")]
         prompt, image = column(batch, "prompt"), {s: column(batch, f"image_{s}") for s in ("a", "b")}
