@@ -53,10 +53,11 @@ def test_ray_job_submit_runs_the_demo_on_a_local_head(tiny_kit, tmp_path):
     env.pop("RAY_ADDRESS", None)
     dashboard = free_port()
     temp_dir = tempfile.mkdtemp(prefix="pf-ray-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
+    head_log = open(tmp_path / "head.log", "wb")  # a file, not a pipe: a full pipe would stall the head
     head = subprocess.Popen(
         [BIN / "ray", "start", "--head", "--block", f"--port={free_port()}", f"--dashboard-port={dashboard}",
          "--num-cpus=4", "--include-dashboard=true", f"--temp-dir={temp_dir}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        env=env, stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True)
     out = tmp_path / "out"
     try:
         runtime_env = {"env_vars": {"PAIRFORGE_CACHE": os.environ["PAIRFORGE_CACHE"], "HF_HUB_OFFLINE": "1"}}
@@ -66,7 +67,7 @@ def test_ray_job_submit_runs_the_demo_on_a_local_head(tiny_kit, tmp_path):
                "--set", "categories={composition: {target_pairs: 4, generators: [sd, flux], panel: main}}"]
         deadline = time.time() + 300
         while True:  # the job server takes a few seconds to come up after `ray start`
-            assert head.poll() is None, head.stdout.read().decode()[-3000:]
+            assert head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
             job = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
             submitted = "submitted successfully" in job.stdout + job.stderr
             if job.returncode == 0 or submitted or time.time() > deadline:
@@ -77,6 +78,7 @@ def test_ray_job_submit_runs_the_demo_on_a_local_head(tiny_kit, tmp_path):
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
+        head_log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
     rows = sum(pq.ParquetFile(f).metadata.num_rows for f in shard_files(out, "pairs"))
     rows += sum(pq.ParquetFile(f).metadata.num_rows for f in shard_files(out, "undecided"))
