@@ -53,7 +53,7 @@ def test_ray_job_submit_runs_the_demo_on_a_local_head(tiny_kit, tmp_path):
     env.pop("RAY_ADDRESS", None)
     dashboard = free_port()
     temp_dir = tempfile.mkdtemp(prefix="pf-ray-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
-    head_log = open(tmp_path / "head.log", "wb")  # a file, not a pipe: a full pipe would stall the head
+    head_log = open(tmp_path / "head.log", "wb")  # noqa: SIM115  (a file, not a pipe: a full pipe stalls the head)
     head = subprocess.Popen(
         [BIN / "ray", "start", "--head", "--block", f"--port={free_port()}", f"--dashboard-port={dashboard}",
          "--num-cpus=4", "--include-dashboard=true", f"--temp-dir={temp_dir}"],
