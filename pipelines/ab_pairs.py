@@ -43,3 +43,10 @@ def label_panel(rows: list[dict], cfg: RunConfig, category: str) -> pa.Table:
         return build_records(rows, cfg, lambda row: Label("a", "reward"))
     panel = cfg.panels[ccfg.panel]
     return build_records(rows, cfg, lambda row: panel_decision(row, panel))
+
+
+def ab_recipe(category: str):
+    """(accepts, plan, label) of an A-vs-B category, for its recipe module to expose."""
+    return (lambda row, cfg: accepts_ab(row, cfg, category),
+            lambda batch, cfg: plan_ab(batch, cfg, category),
+            lambda rows, cfg: label_panel(rows, cfg, category))

@@ -3,7 +3,7 @@ generator on the same prompt; VLM judges with the anatomy rubric (hands, faces, 
 
 import re
 
-from pipelines.ab_pairs import accepts_ab, label_panel, plan_ab
+from pipelines.ab_pairs import ab_recipe
 
 CATEGORY = "human_quality"
 
@@ -17,14 +17,9 @@ _HUMAN = re.compile(
     re.IGNORECASE)
 
 
+_accepts_ab, plan, label = ab_recipe(CATEGORY)
+
+
 def accepts(row: dict, cfg) -> bool:
     """Human-centric prompts only (people, body parts, occupations)."""
-    return bool(_HUMAN.search(row["prompt"])) and accepts_ab(row, cfg, CATEGORY)
-
-
-def plan(batch: dict, cfg):
-    return plan_ab(batch, cfg, CATEGORY)
-
-
-def label(rows: list[dict], cfg):
-    return label_panel(rows, cfg, CATEGORY)
+    return bool(_HUMAN.search(row["prompt"])) and _accepts_ab(row, cfg)

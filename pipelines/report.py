@@ -38,31 +38,29 @@ def _figures(report: dict) -> dict[str, str]:
     x = np.arange(len(names))
     figs = {}
 
+    def stacked(ax, series: dict[str, list[float]], colors=None):
+        bottom = np.zeros(len(names))
+        for k, (label, values) in enumerate(series.items()):
+            ax.bar(x, values, bottom=bottom, label=label, color=colors[k] if colors else None)
+            bottom += np.asarray(values, dtype=float)
+        ax.set_xticks(x, names, rotation=20)
+        ax.legend(fontsize=8)
+
     fig, ax = plt.subplots(figsize=(7, 3))
-    bottom = np.zeros(len(names))
-    for kind, color in (("pairs", "#3b7dd8"), ("undecided", "#f0a030"), ("errors", "#d04040")):
-        values = np.array([cats[c][kind] for c in names])
-        ax.bar(x, values, bottom=bottom, label=kind, color=color)
-        bottom += values
+    stacked(ax, {kind: [cats[c][kind] for c in names] for kind in ("pairs", "undecided", "errors")},
+            ["#3b7dd8", "#f0a030", "#d04040"])
     targets = [report.get("balance", {}).get(c, {}).get("target") for c in names]
     if any(targets):
         ax.scatter(x, [t or np.nan for t in targets], marker="_", s=900, color="black", label="target", zorder=3)
-    ax.set_xticks(x, names, rotation=20)
+        ax.legend(fontsize=8)
     ax.set_ylabel("rows")
-    ax.legend(fontsize=8)
     ax.set_title("Category balance")
     figs["balance"] = _figure_png(fig)
 
     fig, ax = plt.subplots(figsize=(7, 3))
     levels = sorted({k for c in names for k in cats[c]["agreement_histogram"]})
-    bottom = np.zeros(len(names))
-    for level in levels:
-        values = np.array([cats[c]["agreement_histogram"].get(level, 0) for c in names])
-        ax.bar(x, values, bottom=bottom, label=f"agreement {level}")
-        bottom += values
-    ax.set_xticks(x, names, rotation=20)
+    stacked(ax, {f"agreement {lv}": [cats[c]["agreement_histogram"].get(lv, 0) for c in names] for lv in levels})
     ax.set_ylabel("pairs")
-    ax.legend(fontsize=8)
     ax.set_title("Panel agreement")
     figs["agreement"] = _figure_png(fig)
 
