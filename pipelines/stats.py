@@ -49,8 +49,9 @@ def compute_stats(out: str | Path) -> dict:
     for row in _iter_rows(out, "pairs"):
         c = cats[row["category"]]
         c["pairs"] += 1
-        if row["generator_w"]["name"] != row["generator_l"]["name"]:  # same-generator pairs say nothing of generators
-            games.append((row["pair_id"], row["category"], row["generator_w"]["name"], row["generator_l"]["name"]))
+        gw, gl = row["generator_w"], row["generator_l"]
+        if gw and gl and gw["name"] != gl["name"]:  # same-generator pairs say nothing about generators
+            games.append((row["pair_id"], row["category"], gw["name"], gl["name"]))
         rewards = [r for r in row["rewards"] or [] if r["score_w"] is not None and r["score_l"] is not None]
         consistent = reward_consistent([r["score_w"] for r in rewards], [r["score_l"] for r in rewards])
         if consistent is not None:

@@ -48,15 +48,18 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_ray_job_submit_runs_the_demo_on_a_local_head(tiny_kit, tmp_path):
+def test_ray_job_submit_runs_the_demo_on_a_local_head(ray_session, tiny_kit, tmp_path):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     dashboard = free_port()
     temp_dir = tempfile.mkdtemp(prefix="pf-ray-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
     head_log = open(tmp_path / "head.log", "wb")  # noqa: SIM115  (a file, not a pipe: a full pipe stalls the head)
     head = subprocess.Popen(
+        # Every port of its own: the test session's local Ray already holds the default agent ports.
         [BIN / "ray", "start", "--head", "--block", f"--port={free_port()}", f"--dashboard-port={dashboard}",
-         "--num-cpus=4", "--include-dashboard=true", f"--temp-dir={temp_dir}"],
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+         f"--ray-client-server-port={free_port()}", "--num-cpus=4", "--include-dashboard=true", f"--temp-dir={temp_dir}"],
         env=env, stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True)
     out = tmp_path / "out"
     try:
