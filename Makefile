@@ -14,10 +14,11 @@ $(STAMP): pyproject.toml scripts/setup_venv.sh
 	sh scripts/setup_venv.sh $(VENV)
 	touch $(STAMP)
 
-# Embedded default: tiny models, local Ray, bundled prompts -> pair shards, manifest, stats, then a
-# few Diffusion-DPO steps on them -> a checkpoint. Re-running resumes (adds nothing that exists).
+# Embedded default: tiny models, local Ray, bundled prompts -> pair shards, manifest, stats and an HTML
+# report, then a few Diffusion-DPO steps on them -> a checkpoint. Re-running adds nothing that exists.
 demo: $(STAMP)
 	$(BIN)/pairforge run configs/demo.yaml
+	$(BIN)/pairforge stats out/demo --html out/demo/report.html
 	$(BIN)/pairforge train configs/demo_train.yaml
 
 test: $(STAMP) browser
