@@ -174,14 +174,16 @@ def build_records(rows: list[dict], cfg: RunConfig, decide: Callable[[dict], Lab
                     "prompt_l": loser_prompt if loser_prompt != row["prompt"] else None,
                     "image_w": _image(row[f"image_{w}"], row["pair_id"], "w"),
                     "image_l": _image(row[f"image_{lo}"], row["pair_id"], "l"),
-                    "generator_w": gen[w], "generator_l": gen[lo], "ocr": _ocr_reads(ocr, {"w": w, "l": lo})})
+                    "generator_w": gen[w], "generator_l": gen[lo], "ocr": _ocr_reads(ocr, {"w": w, "l": lo}),
+                    "candidates": row.get("candidates")})
     return pa.Table.from_pylist(out, schema=ROW_SCHEMA)
 
 
 def pick_from_candidates(row: dict, models: list[str]) -> dict:
     """A best-of-N row -> the pair its rewards choose, as an ordinary two-sided row (winner on side a).
-    Raw scores -> CaPO calibrated rewards per model -> Pareto selection (one model: best vs worst)."""
-    from pipelines.calibration import calibrated_rewards, select_pair
+    Raw scores -> CaPO calibrated rewards per model -> Pareto selection (one model: best vs worst); every
+    candidate's scores, calibrated rewards and front are kept in `candidates`."""
+    from pipelines.calibration import calibrated_rewards, pareto_fronts, select_pair
 
     images, gens, seeds = row.get("cand_images") or [], json.loads(row["cand_gens"]), json.loads(row["cand_seeds"])
     scores = _json(row.get("cand_scores"), {})
@@ -192,10 +194,14 @@ def pick_from_candidates(row: dict, models: list[str]) -> dict:
                 "error_a": row.get("error_a") or "best-of-N: a candidate image or score is missing"}
     cal = calibrated_rewards(raw)
     w, lo = select_pair(cal)
+    front = {int(i): rank for rank, members in enumerate(pareto_fronts(cal)) for i in members}
+    candidates = [{"generator": g, "seed": seeds[k], "front": front[k], "role": {w: "w", lo: "l"}.get(k),
+                   "rewards": [{"model": m, "score": raw[k, j], "calibrated": cal[k, j]} for j, m in enumerate(models)]}
+                  for k, g in enumerate(gens)]
     rewards = [{"model": m, "score_a": raw[w, k], "score_b": raw[lo, k], "calibrated_a": cal[w, k],
                 "calibrated_b": cal[lo, k]} for k, m in enumerate(models)]
     return {**row, "image_a": images[w], "image_b": images[lo], "gen_a": gens[w], "gen_b": gens[lo],
-            "seed_a": seeds[w], "seed_b": seeds[lo], "rewards": json.dumps(rewards), "best_of_n": True}
+            "seed_a": seeds[w], "seed_b": seeds[lo], "rewards": json.dumps(rewards), "candidates": candidates}
 
 
 def _ocr_reads(ocr: dict | None, sides: dict[str, str]) -> list[dict] | None:

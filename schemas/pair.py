@@ -42,6 +42,14 @@ REWARD = pa.struct([
     # best-of-N: CaPO calibrated rewards, each image's expected win-rate among the N under this model
     ("calibrated_w", pa.float64()), ("calibrated_l", pa.float64()),
 ])
+CANDIDATE_SCORE = pa.struct([("model", pa.string()), ("score", pa.float64()), ("calibrated", pa.float64())])
+CANDIDATE = pa.struct([            # best-of-N: every image drawn for the prompt, chosen or not (no pixels)
+    ("generator", pa.string()),
+    ("seed", pa.int64()),
+    ("front", pa.int32()),            # its Pareto front by calibrated rewards, 0 = the upper front
+    ("role", pa.string()),            # "w" / "l" for the two images of the pair, null for the rest
+    ("rewards", pa.list_(CANDIDATE_SCORE)),
+])
 OCR_READ = pa.struct([
     ("side", pa.string()),            # "w" / "l" in pairs, "a" / "b" in undecided rows
     ("text", pa.string()),            # what the OCR engine read, in reading order
@@ -82,6 +90,7 @@ PAIR_FIELDS = _COMMON_HEAD + [
     ("agreement", pa.float64()),      # share of the judges with a verdict that chose the winner
     ("confidence", pa.float64()),     # panel probability that the winner is better (see pipelines/voting.py)
     ("rewards", pa.list_(REWARD)),
+    ("candidates", pa.list_(CANDIDATE)),  # best-of-N only: all N images with raw and calibrated rewards
 ] + _DETAIL_FIELDS + _COMMON_TAIL
 
 UNDECIDED_FIELDS = _COMMON_HEAD + [

@@ -2,6 +2,7 @@
 selection choose the pair; calibrated rewards are stored per image."""
 
 import pyarrow.parquet as pq
+import pytest
 from helpers import small_run_config
 
 from pipelines.run import run
@@ -25,5 +26,17 @@ def test_rewards_choose_the_pair_from_n_candidates(ray_session, tmp_path):
         assert not (all(a <= b for a, b in zip(cw, cl)) and any(a < b for a, b in zip(cw, cl)))  # not dominated
         assert r["generator_w"]["name"] in ("sd", "flux") and r["generator_l"]["name"] in ("sd", "flux")
         assert (r["generator_w"]["name"], r["generator_w"]["seed"]) != (r["generator_l"]["name"], r["generator_l"]["seed"])
+        cands = r["candidates"]
+        assert len(cands) == 4 and sorted(c["role"] or "-" for c in cands) == ["-", "-", "l", "w"]
+        for c in cands:
+            assert [x["model"] for x in c["rewards"]] == ["clip", "pickscore", "hpsv2", "aesthetic"]
+        for k in range(4):  # pairwise win probabilities sum to 1, so N calibrated rewards sum to N / 2
+            assert sum(c["rewards"][k]["calibrated"] for c in cands) == pytest.approx(2.0)
+        w = next(c for c in cands if c["role"] == "w")
+        lo = next(c for c in cands if c["role"] == "l")
+        assert (w["generator"], w["seed"]) == (r["generator_w"]["name"], r["generator_w"]["seed"])
+        assert (lo["generator"], lo["seed"]) == (r["generator_l"]["name"], r["generator_l"]["seed"])
+        assert [x["calibrated"] for x in w["rewards"]] == cw and [x["calibrated"] for x in lo["rewards"]] == cl
+        assert w["front"] == 0 and lo["front"] == max(c["front"] for c in cands)
     consistency = report["categories"]["composition"]["reward_consistency"]
     assert consistency is not None and 0.0 <= consistency <= 1.0
