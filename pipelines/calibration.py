@@ -66,3 +66,10 @@ def reward_consistent(score_w: list[float], score_l: list[float]) -> bool | None
         return None
     diff = np.sign(np.asarray(score_w, float) - np.asarray(score_l, float))
     return bool(diff[0] != 0 and (diff == diff[0]).all())
+
+
+def pair_reward_consistency(rewards: list[dict]) -> bool | None:
+    """reward_consistent over a pair record's `rewards` ({model, score_w, score_l}), skipping a model that
+    could not score both images."""
+    scored = [r for r in rewards if r["score_w"] is not None and r["score_l"] is not None]
+    return reward_consistent([r["score_w"] for r in scored], [r["score_l"] for r in scored])

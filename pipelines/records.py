@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
+from pipelines.calibration import calibrated_rewards, pair_reward_consistency, pareto_fronts, select_pair
 from pipelines.store import ERROR_SCHEMA
 from schemas.config import RunConfig
 from schemas.pair import PAIR_FIELDS, PIPELINE_VERSION, UNDECIDED_FIELDS, make_pair_id, stable_hash
@@ -171,6 +172,7 @@ def build_records(rows: list[dict], cfg: RunConfig, decide: Callable[[dict], Lab
         loser_prompt = row[f"prompt_{lo}"]
         out.append({**common, **details, "_kind": "pairs", "label_source": label.source,
                     "agreement": label.agreement, "confidence": label.confidence, "rewards": rewards,
+                    "reward_consistent": pair_reward_consistency(rewards),
                     "prompt_l": loser_prompt if loser_prompt != row["prompt"] else None,
                     "image_w": _image(row[f"image_{w}"], row["pair_id"], "w"),
                     "image_l": _image(row[f"image_{lo}"], row["pair_id"], "l"),
@@ -183,8 +185,6 @@ def pick_from_candidates(row: dict, models: list[str]) -> dict:
     """A best-of-N row -> the pair its rewards choose, as an ordinary two-sided row (winner on side a).
     Raw scores -> CaPO calibrated rewards per model -> Pareto selection (one model: best vs worst); every
     candidate's scores, calibrated rewards and front are kept in `candidates`."""
-    from pipelines.calibration import calibrated_rewards, pareto_fronts, select_pair
-
     images, gens, seeds = row.get("cand_images") or [], json.loads(row["cand_gens"]), json.loads(row["cand_seeds"])
     scores = _json(row.get("cand_scores"), {})
     raw = np.array([[s if s is not None else np.nan for s in scores.get(m, [None] * len(gens))] for m in models],

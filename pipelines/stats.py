@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipelines.calibration import reward_consistent
+from pipelines.calibration import pair_reward_consistency
 from pipelines.store import shard_files
 
 _COLUMNS = {
@@ -52,8 +52,7 @@ def compute_stats(out: str | Path) -> dict:
         gw, gl = row["generator_w"], row["generator_l"]
         if gw and gl and gw["name"] != gl["name"]:  # same-generator pairs say nothing about generators
             games.append((row["pair_id"], row["category"], gw["name"], gl["name"]))
-        rewards = [r for r in row["rewards"] or [] if r["score_w"] is not None and r["score_l"] is not None]
-        consistent = reward_consistent([r["score_w"] for r in rewards], [r["score_l"] for r in rewards])
+        consistent = pair_reward_consistency(row["rewards"] or [])  # from the scores: older shards lack the column
         if consistent is not None:
             c["reward_checked"] += 1
             c["reward_consistent"] += consistent

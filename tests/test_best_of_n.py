@@ -38,5 +38,6 @@ def test_rewards_choose_the_pair_from_n_candidates(ray_session, tmp_path):
         assert (lo["generator"], lo["seed"]) == (r["generator_l"]["name"], r["generator_l"]["seed"])
         assert [x["calibrated"] for x in w["rewards"]] == cw and [x["calibrated"] for x in lo["rewards"]] == cl
         assert w["front"] == 0 and lo["front"] == max(c["front"] for c in cands)
+        assert r["reward_consistent"] == all(x["score_w"] > x["score_l"] for x in r["rewards"])
     consistency = report["categories"]["composition"]["reward_consistency"]
-    assert consistency is not None and 0.0 <= consistency <= 1.0
+    assert consistency == pytest.approx(sum(r["reward_consistent"] for r in rows) / len(rows), abs=1e-4)

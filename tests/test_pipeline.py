@@ -38,6 +38,8 @@ def test_every_prompt_becomes_a_labelled_pair(composition_run):
         assert {row["generator_w"]["name"], row["generator_l"]["name"]} == {"sd", "flux"}
         assert row["generator_w"]["seed"] == row["generator_l"]["seed"]
         assert [r["model"] for r in row["rewards"]] == cfg.categories["composition"].rewards
+        assert row["reward_consistent"] == all(r["score_w"] > r["score_l"] for r in row["rewards"])
+        assert row["candidates"] is None  # not best-of-N
         for side in ("image_w", "image_l"):
             assert Image.open(io.BytesIO(row[side]["bytes"])).size == (row["width"], row["height"]) == (64, 64)
     assert len({r["pair_id"] for r in pairs + undecided}) == 8
