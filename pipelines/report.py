@@ -1,7 +1,7 @@
 """`pairforge stats OUT --html FILE`: one self-contained HTML page (figures and thumbnails inlined) that
 shows a run at a glance: category balance, agreement, position bias and abstentions, reward
-consistency, the Arena leaderboard with intervals, the generator win-rate matrix, and sample pairs
-per category with their votes."""
+consistency, the Arena leaderboard with intervals (overall and per category), the generator win-rate
+matrix, and sample pairs per category with their votes."""
 
 from __future__ import annotations
 
@@ -88,6 +88,23 @@ def _figures(report: dict) -> dict[str, str]:
         ax.set_xlabel("capability (relative to the field, 95% interval)")
         ax.set_title(f"Arena leaderboard ({arena['pairs']} pairs)")
         figs["arena"] = _figure_png(fig)
+
+        cats_arena = arena.get("by_category") or {}
+        if len(cats_arena) > 1:
+            order = [r["generator"] for r in board]
+            fig, axes = plt.subplots(1, len(cats_arena), figsize=(2.2 * len(cats_arena) + 1, 0.8 + 0.45 * len(order)),
+                                     sharey=True, squeeze=False)
+            for ax, (cat, a) in zip(axes[0], cats_arena.items()):
+                rows = {r["generator"]: r for r in a["leaderboard"]}
+                ys = [len(order) - 1 - i for i, g in enumerate(order) if g in rows]
+                ms = np.array([rows[g]["mu"] for g in order if g in rows])
+                ax.errorbar(ms, ys, xerr=[ms - [rows[g]["low"] for g in order if g in rows],
+                                          [rows[g]["high"] for g in order if g in rows] - ms], fmt="o", capsize=3)
+                ax.axvline(0, color="grey", lw=0.5)
+                ax.set_title(f"{cat} ({a['pairs']})", fontsize=9)
+            axes[0][0].set_yticks(range(len(order))[::-1], order)
+            fig.suptitle("Arena by category (95% intervals)", fontsize=10)
+            figs["arena_by_category"] = _figure_png(fig)
 
         gens = list(arena["win_rate"])
         matrix = np.array([[arena["win_rate"][a].get(b) if a != b else np.nan for b in gens] for a in gens], float)

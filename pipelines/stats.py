@@ -135,7 +135,13 @@ def arena_report(out: Path, games: list[tuple[str, str, str, str]]) -> dict | No
         wins[w][lo] += 1
     matrix = {a: {b: (round(wins[a][b] / (wins[a][b] + wins[b][a]), 4) if wins[a][b] + wins[b][a] else None)
                   for b in names if b != a} for a in names}
-    return {"leaderboard": leaderboard(ratings), "win_rate": matrix, "pairs": len(games)}
+    # Per category too: a generator's standing on text rendering says little about its aesthetics.
+    by_category = {}
+    for cat in sorted({g[1] for g in games}):
+        mine = [g for g in games if g[1] == cat]
+        by_category[cat] = {"leaderboard": leaderboard(fit_arena([g[2] for g in mine], [g[3] for g in mine])),
+                            "pairs": len(mine)}
+    return {"leaderboard": leaderboard(ratings), "win_rate": matrix, "pairs": len(games), "by_category": by_category}
 
 
 def format_stats(report: dict) -> str:
@@ -161,6 +167,9 @@ def format_stats(report: dict) -> str:
         board = ", ".join(f"{r['generator']} {r['mu']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]"
                           for r in report["arena"]["leaderboard"])
         lines.append(f"  arena ({report['arena']['pairs']} pairs): {board}")
+        for cat, a in report["arena"]["by_category"].items():
+            lines.append(f"    {cat} ({a['pairs']} pairs): " + ", ".join(f"{r['generator']} {r['mu']:+.2f}"
+                                                                      for r in a["leaderboard"]))
     short = {c: b["missing"] for c, b in report.get("balance", {}).items() if b["missing"]}
     if short:
         lines.append("  short of target: " + ", ".join(f"{c}: {m} pairs" for c, m in short.items()))

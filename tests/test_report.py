@@ -60,7 +60,9 @@ def test_report_has_every_section(output, tmp_path):
     assert report["arena"]["leaderboard"][0]["generator"] == "sd"  # sd won 70% of the simulated pairs
     assert report["totals"]["reward_checked"] == 40
     page = write_html(output, report, tmp_path / "report.html").read_text()
-    for alt in ("balance", "agreement", "rates", "arena", "win_rate"):
+    assert set(report["arena"]["by_category"]) == {"composition", "aesthetics", "alignment"}
+    assert sum(a["pairs"] for a in report["arena"]["by_category"].values()) == report["arena"]["pairs"] == 40
+    for alt in ("balance", "agreement", "rates", "arena", "arena_by_category", "win_rate"):
         assert f"alt='{alt}'" in page
     assert page.count("class='pair'") == 9 and "a &lt;b&gt;bold&lt;/b&gt; boat" in page  # prompts are escaped
     assert "a boat at night" in page and "changed:</b> time" in page

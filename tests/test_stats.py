@@ -16,10 +16,10 @@ def v(judge, order, choice, note=None):
     return {"judge": judge, "order": order, "choice": choice, "logprob_a": lp[0], "logprob_b": lp[1], "note": note}
 
 
-def write(out, kind, schema, rows):
-    path = out / kind / "composition" / "part-r_1-00000-x-000.parquet"
+def write(out, kind, schema, rows, category="composition"):
+    path = out / kind / category / "part-r_1-00000-x-000.parquet"
     path.parent.mkdir(parents=True)
-    common = {"category": "composition", "prompt": "p", "prompt_source": "s", "created_at": datetime.now(timezone.utc),
+    common = {"category": category, "prompt": "p", "prompt_source": "s", "created_at": datetime.now(timezone.utc),
               "pipeline_version": "t", "config_hash": "h", "width": 8, "height": 8}
     pq.write_table(pa.Table.from_pylist([{**common, **r} for r in rows], schema=schema), path)
 
@@ -45,3 +45,25 @@ def test_stats_count_abstentions_flips_and_reasons(tmp_path):
     result = CliRunner().invoke(app, ["stats", str(tmp_path)])
     assert result.exit_code == 0 and "composition" in result.output and "37.5%" in result.output
     assert CliRunner().invoke(app, ["stats", str(tmp_path / "nowhere")]).exit_code == 2
+
+
+def gen(name):
+    return {"name": name, "model": name, "seed": 0, "steps": 1, "guidance_scale": 1.0, "params": "{}"}
+
+
+def test_arena_ranks_generators_per_category_and_writes_every_pairs_gap(tmp_path):
+    img = {"bytes": b"x", "path": None}
+    for category, strong in (("composition", "sd"), ("text_rendering", "flux")):
+        weak = "flux" if strong == "sd" else "sd"
+        write(tmp_path, "pairs", pair_schema(), [
+            {"pair_id": f"{category}{i}", "prompt_id": str(i), "image_w": img, "image_l": img, "label_source": "vlm_panel",
+             "generator_w": gen(strong if i % 10 else weak), "generator_l": gen(weak if i % 10 else strong)}
+            for i in range(30)], category=category)
+    arena = compute_stats(tmp_path)["arena"]
+    assert arena["pairs"] == 60 and abs(arena["leaderboard"][0]["mu"]) < 0.2  # 30 : 30 overall
+    for category, strong in (("composition", "sd"), ("text_rendering", "flux")):
+        board = arena["by_category"][category]
+        assert board["pairs"] == 30 and board["leaderboard"][0]["generator"] == strong
+        assert board["leaderboard"][0]["low"] > 0  # 27 of 30: sure of it
+    gaps = pq.read_table(tmp_path / "arena" / "gaps.parquet").to_pylist()
+    assert len(gaps) == 60 and all(g["gap"] > 0 for g in gaps)
