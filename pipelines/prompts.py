@@ -244,21 +244,20 @@ def keep_distinct(group: pa.Table, threshold: float) -> pa.Table:
     return _mark(group, reasons).drop_columns(["embedding", "cluster"])
 
 
-def semantic_dedup(valid, cfg: RunConfig, partitions: int):
+def semantic_dedup(valid, cfg: RunConfig, partitions: int, runtime_env: dict | None = None):
     """Embed every prompt (an actor pool), cluster the embeddings (k-means on a sample, ~10k prompts per
     cluster, as in SemDeDup) and drop near duplicates within each cluster."""
     import numpy as np
     from scipy.cluster.vq import kmeans2
 
+    from pipelines.stages import pool_args
     from workers.embedder import PromptEmbedder
     from workers.tiny_models import resolve_model_ref
 
     f = cfg.filters
-    pool = f.dedup_pool
     embedded = valid.map_batches(
         PromptEmbedder, fn_constructor_kwargs=dict(model_path=resolve_model_ref(f.dedup_model)), batch_size=256,
-        batch_format="pyarrow", concurrency=pool.actors, num_cpus=pool.num_cpus,
-        **({"num_gpus": pool.num_gpus} if pool.num_gpus else {})).materialize()
+        **pool_args(f.dedup_pool, runtime_env)).materialize()
     n = embedded.count()
     k = max(1, n // 10_000)
     centroids = None
@@ -277,7 +276,7 @@ def semantic_dedup(valid, cfg: RunConfig, partitions: int):
         .map_groups(keep_distinct, fn_kwargs=dict(threshold=f.dedup_threshold), batch_format="pyarrow")
 
 
-def plan_prompts(cfg: RunConfig):
+def plan_prompts(cfg: RunConfig, runtime_env: dict | None = None):
     """Returns (kept prompts, rejects) as Ray Datasets. Kept prompts are unique across all sources
     (exactly, and semantically when enabled) and carry the `category` they are routed to (None when no
     category of this run takes them)."""
@@ -300,7 +299,7 @@ def plan_prompts(cfg: RunConfig):
     rejected.append(valid.filter(expr=col("reject_reason").is_not_null()))
     valid = valid.filter(expr=col("reject_reason").is_null())
     if cfg.filters.semantic_dedup:
-        valid = semantic_dedup(valid, cfg, partitions).materialize()
+        valid = semantic_dedup(valid, cfg, partitions, runtime_env).materialize()
         rejected.append(valid.filter(expr=col("reject_reason").is_not_null()))
         valid = valid.filter(expr=col("reject_reason").is_null())
     kept = valid.map_batches(route_batch, fn_kwargs=dict(cfg=cfg), batch_format="pyarrow")

@@ -46,9 +46,11 @@ def init_ray(rc: RayConfig) -> None:
     """Join the cluster named by the config or $RAY_ADDRESS (as under `ray job submit`), else start a
     local Ray sized by the config. An already-initialised Ray (a notebook, the test session) is reused."""
     import ray
+    import ray.data
 
-    if not sys.stdout.isatty():  # Ray Data logs progress lines when it cannot draw bars: keep logs readable
+    if not sys.stdout.isatty():  # progress bars in a log file are escape-code noise: keep logs readable
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+        ray.data.DataContext.get_current().enable_progress_bars = False
     if ray.is_initialized():
         return
     address = rc.address or os.environ.get("RAY_ADDRESS")
@@ -89,7 +91,7 @@ def run(cfg: RunConfig, config_path: str | None = None) -> dict:
     init_ray(cfg.ray)
     env = {"env_vars": {**WORKER_ENV, **cfg.ray.env_vars}}
 
-    kept, rejects = plan_prompts(cfg)
+    kept, rejects = plan_prompts(cfg, env)
     kept = kept.materialize()
     n_rejected = rejects.count()
     store.write_rejects(pa.concat_tables(ray.get(rejects.to_arrow_refs())) if n_rejected else None)

@@ -19,7 +19,9 @@ from workers.perturber import LLMPerturber
 from workers.reward import RewardScorer
 
 
-def _pool_args(pool: PoolConfig, runtime_env: dict | None) -> dict:
+def pool_args(pool: PoolConfig, runtime_env: dict | None) -> dict:
+    """map_batches arguments of an actor pool: its size, CPUs, GPUs and custom resources (a cluster's
+    node pools), and the workers' env vars."""
     args = dict(compute=ActorPoolStrategy(size=pool.actors), num_cpus=pool.num_cpus, runtime_env=runtime_env,
                 batch_format="pyarrow")
     if pool.num_gpus:
@@ -59,22 +61,22 @@ def apply_worker_pools(ds, cfg: RunConfig, model_paths: dict[str, str], runtime_
         p = cfg.perturbers[name]
         path = model_paths.get(p.model, p.model)
         ds = ds.map_batches(LLMPerturber, fn_constructor_kwargs=dict(name=name, cfg=p.model_dump(), model_path=path),
-                            batch_size=p.batch_size, **_pool_args(p.pool, runtime_env))
+                            batch_size=p.batch_size, **pool_args(p.pool, runtime_env))
     for name in used["generators"]:
         g = cfg.generators[name]
-        ds = ds.map_batches(DiffusersGenerator, batch_size=g.batch_size, **_pool_args(g.pool, runtime_env),
+        ds = ds.map_batches(DiffusersGenerator, batch_size=g.batch_size, **pool_args(g.pool, runtime_env),
                             fn_constructor_kwargs=dict(name=name, cfg=g.model_dump(), model_path=model_paths[g.model]))
     for name in used["ocr"]:
         o = cfg.ocr[name]
         ds = ds.map_batches(OcrReader, fn_constructor_kwargs=dict(name=name, cfg=o.model_dump()),
-                            batch_size=o.batch_size, **_pool_args(o.pool, runtime_env))
+                            batch_size=o.batch_size, **pool_args(o.pool, runtime_env))
     for name in used["judges"]:
         j = cfg.judges[name]
-        ds = ds.map_batches(VLMJudge, batch_size=j.batch_size, **_pool_args(j.pool, runtime_env),
+        ds = ds.map_batches(VLMJudge, batch_size=j.batch_size, **pool_args(j.pool, runtime_env),
                             fn_constructor_kwargs=dict(name=name, cfg=j.model_dump(), model_path=model_paths[j.model]))
     for name in used["rewards"]:
         r = cfg.rewards[name]
-        ds = ds.map_batches(RewardScorer, batch_size=r.batch_size, **_pool_args(r.pool, runtime_env),
+        ds = ds.map_batches(RewardScorer, batch_size=r.batch_size, **pool_args(r.pool, runtime_env),
                             fn_constructor_kwargs=dict(name=name, cfg=r.model_dump(), model_path=model_paths[r.model],
                                                        checkpoint_path=model_paths.get(r.checkpoint)))
     return ds
