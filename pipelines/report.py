@@ -93,7 +93,7 @@ def _figures(report: dict) -> dict[str, str]:
         if len(cats_arena) > 1:
             order = [r["generator"] for r in board]
             fig, axes = plt.subplots(1, len(cats_arena), figsize=(2.2 * len(cats_arena) + 1, 0.8 + 0.45 * len(order)),
-                                     sharey=True, squeeze=False)
+                                     sharey=True, squeeze=False, layout="constrained")
             for ax, (cat, a) in zip(axes[0], cats_arena.items()):
                 rows = {r["generator"]: r for r in a["leaderboard"]}
                 ys = [len(order) - 1 - i for i, g in enumerate(order) if g in rows]
