@@ -347,6 +347,9 @@ class TrainData(Strict):
                                                  "stored latents, kept beside the shards in OUT/latents/")
     gap_file: str | None = Field(None, description="loss fine: Parquet with pair_id and gap (e.g. the Arena's "
                                                   "expected quality gap) per pair")
+    shuffle_buffer: int = Field(64, ge=0, description="rows each worker shuffles over (0 = off), after the blocks' "
+                                                     "order is shuffled; a row holds both images at `resolution` "
+                                                     "(24 * resolution^2 bytes) or their latents")
 
     @field_validator("categories")
     @classmethod

@@ -59,6 +59,51 @@ def test_mixture_fractions_follow_the_weights():
     assert mixture_fractions(rows, None) == {"composition": 1.0, "aesthetics": 1.0}
 
 
+def write_pairs(out, category: str, files: int, rows: int) -> list[str]:
+    """Pair shards of `category` with tiny real PNGs, `files` files of `rows` rows."""
+    import io
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from schemas.pair import pair_schema
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(buf, "PNG")
+    img = {"bytes": buf.getvalue(), "path": None}
+    ids = []
+    for f in range(files):
+        table = [{"pair_id": f"{category}-{f}-{r}", "category": category, "prompt": "p", "prompt_id": "q",
+                  "prompt_source": "t", "image_w": img, "image_l": img, "label_source": "vlm_panel", "agreement": 1.0,
+                  "confidence": 1.0, "created_at": datetime.now(timezone.utc), "pipeline_version": "t",
+                  "config_hash": "h"} for r in range(rows)]
+        path = out / "pairs" / category / f"part-r_1-{f:05d}-x-000.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(table, schema=pair_schema()), path)
+        ids += [r["pair_id"] for r in table]
+    return ids
+
+
+def test_training_batches_mix_categories_and_repeat_with_the_seed(ray_session, tmp_path):
+    from schemas.config import TrainData
+    from training.data import ingest_options, pair_batches, training_pairs
+
+    ids = write_pairs(tmp_path, "composition", 4, 6) + write_pairs(tmp_path, "aesthetics", 4, 6)
+
+    def order(seed: int, shuffle_buffer: int = 16) -> list[str]:
+        ds = training_pairs(TrainData(paths=[str(tmp_path)], resolution=16), "unused", seed=seed)
+        ds.context.execution_options = ingest_options()  # what the trainer's DataConfig sets
+        return [p for b in pair_batches(ds.iterator(), 4, shuffle_buffer, seed) for p in b["pair_id"]]
+
+    first = order(0)
+    assert sorted(first) == sorted(ids) and order(0) == first  # every pair once; the same seed, the same batches
+    assert order(1) != first
+    head = {p.split("-")[0] for p in first[:12]}
+    assert head == {"composition", "aesthetics"}  # the first half is not one category
+
+
 def test_sft_then_dpo_on_the_flow_matching_model(ray_session, composition_run, tmp_path):
     _, out, _ = composition_run
     base = dict(model="tiny:flux", output=str(tmp_path), data={"paths": [str(out)], "resolution": 64},

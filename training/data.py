@@ -75,6 +75,14 @@ def keep(batch: pa.Table, data: TrainData) -> pa.Table:
     return batch.filter(mask)
 
 
+def stack_pair(batch: dict, prefix: str):
+    """cat([winners, losers]) of a numpy batch's `{prefix}_w` / `{prefix}_l` as one tensor. Ray hands out
+    read-only arrays; np.concatenate makes the one writable copy torch needs."""
+    import torch
+
+    return torch.from_numpy(np.concatenate([batch[f"{prefix}_w"], batch[f"{prefix}_l"]]))
+
+
 class LatentEncoder:
     """Ray Data actor: pixels -> VAE latents (the posterior mean, as the trainer would compute them)."""
 
@@ -88,10 +96,9 @@ class LatentEncoder:
         self.adapter = adapter_for(DiffusionPipeline.from_pretrained(model_path))
 
     def __call__(self, batch: dict) -> dict:
-        import torch
-
         n = len(batch["pair_id"])
-        pixels = torch.cat([torch.as_tensor(batch.pop("pixels_w")), torch.as_tensor(batch.pop("pixels_l"))])
+        pixels = stack_pair(batch, "pixels")
+        del batch["pixels_w"], batch["pixels_l"]
         latents = self.adapter.encode_images(pixels).float().numpy()
         batch["latent_w"], batch["latent_l"] = latents[:n], latents[n:]
         return batch
@@ -126,8 +133,9 @@ def attach_gaps(batch: pa.Table, gaps: dict[str, float]) -> pa.Table:
                                                pa.float64()))
 
 
-def training_pairs(data: TrainData, model_path: str, num_gpus: float = 0.0):
-    """Streaming dataset of training pairs from the shards named by `data`."""
+def training_pairs(data: TrainData, model_path: str, num_gpus: float = 0.0, seed: int = 0):
+    """Streaming dataset of training pairs from the shards named by `data`, its blocks in a seeded random
+    order (otherwise a mixture would arrive one category after another)."""
     import pyarrow.parquet as pq
     import ray
     from ray.data.expressions import col
@@ -144,6 +152,7 @@ def training_pairs(data: TrainData, model_path: str, num_gpus: float = 0.0):
             else ray.data.read_parquet(files[category], columns=COLUMNS)
         parts.append(part if fraction >= 1.0 else part.random_sample(fraction, seed=0))
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    ds = ds.randomize_block_order(seed=seed)
     ds = ds.map_batches(keep, fn_kwargs=dict(data=data), batch_format="pyarrow")
     if not data.latent_cache:
         ds = ds.map_batches(decode_batch, fn_kwargs=dict(resolution=data.resolution), batch_format="pyarrow")
@@ -152,3 +161,19 @@ def training_pairs(data: TrainData, model_path: str, num_gpus: float = 0.0):
         ds = ds.map_batches(attach_gaps, fn_kwargs=dict(gaps=dict(zip(gaps["pair_id"], gaps["gap"]))),
                             batch_format="pyarrow")
     return ds
+
+
+def ingest_options():
+    """Ray Train's default ingest options with preserve_order: streaming execution otherwise hands out
+    blocks as their tasks finish, and the same seed and data would not give the same batches."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
+
+
+def pair_batches(iterator, batch_size: int, shuffle_buffer: int, seed: int):
+    """Numpy batches of pairs from a Ray Data iterator (a worker's shard), shuffled locally."""
+    return iterator.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,
+                                 local_shuffle_buffer_size=shuffle_buffer or None, local_shuffle_seed=seed)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from schemas.config import TrainConfig
+from training.data import pair_batches, stack_pair
 from training.dpo import dpo_logits, pair_metrics, per_sample_mse, preference_loss
 from training.models import adapter_for, repeat_cond
 from workers.runtime import WORKER_ENV, setup_worker
@@ -85,9 +86,8 @@ class PreferenceTrainer:
     def latents(self, batch: dict) -> torch.Tensor:
         """cat([winners, losers]) latents, from the latent cache or encoded on the fly."""
         if "latent_w" in batch:
-            return torch.cat([torch.as_tensor(batch["latent_w"]), torch.as_tensor(batch["latent_l"])]).to(self.device)
-        pixels = torch.cat([torch.as_tensor(batch["pixels_w"]), torch.as_tensor(batch["pixels_l"])]).to(self.device)
-        return self.adapter.encode_images(pixels)
+            return stack_pair(batch, "latent").to(self.device)
+        return self.adapter.encode_images(stack_pair(batch, "pixels").to(self.device))
 
     def loss(self, batch: dict, rng: torch.Generator) -> tuple[torch.Tensor, dict]:
         a, cfg = self.adapter, self.cfg
@@ -176,7 +176,7 @@ def train_loop(config: dict) -> None:
     while step < cfg.max_steps:
         batches = 0
         tick = time.perf_counter()
-        for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy", drop_last=True):
+        for batch in pair_batches(shard, cfg.batch_size, cfg.data.shuffle_buffer, seed=cfg.seed * 1000 + rank + step):
             batches += 1
             metrics = {"step": step + 1, **trainer.step(batch, rng)}
             metrics["step_s"], tick = time.perf_counter() - tick, time.perf_counter()  # data wait + step
@@ -210,11 +210,11 @@ def append_metrics(path: Path, metrics: dict) -> None:
 def train(cfg: TrainConfig):
     """Fit (or resume) the run `cfg.name` under `cfg.output`; returns the Ray Train `Result`. The final
     weights are also copied to `OUTPUT/NAME/final/<unet|transformer>`."""
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipelines.run import init_ray
-    from training.data import pair_files, training_pairs
+    from training.data import ingest_options, pair_files, training_pairs
     from workers.tiny_models import resolve_model_ref
 
     for k, v in {**WORKER_ENV, **cfg.ray.env_vars}.items():
@@ -232,7 +232,8 @@ def train(cfg: TrainConfig):
                                      resources_per_worker=cfg.resources_per_worker),
         run_config=RunConfig(name="ray", storage_path=str(run_dir),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets={"train": training_pairs(cfg.data, model_path, num_gpus=1.0 if cfg.use_gpu else 0.0)},
+        datasets={"train": training_pairs(cfg.data, model_path, num_gpus=1.0 if cfg.use_gpu else 0.0, seed=cfg.seed)},
+        dataset_config=DataConfig(execution_options=ingest_options()),
     )
     result = trainer.fit()
     if result.checkpoint:
