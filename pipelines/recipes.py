@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute as pc
 
 from schemas.config import CATEGORY_NEEDS, RunConfig
 from schemas.pair import stable_hash
@@ -41,7 +41,7 @@ def route(row: dict, cfg: RunConfig) -> str | None:
 
 def route_batch(batch: pa.Table, cfg: RunConfig) -> pa.Table:
     rows = batch.drop_columns(["source_image"]).to_pylist()
-    has_image = pa.compute.is_valid(batch.column("source_image")).to_pylist()
+    has_image = pc.is_valid(batch.column("source_image")).to_pylist()
     for row, image in zip(rows, has_image):  # filters see whether an image exists, without copying its bytes
         row["source_image"] = b"" if image else None
     return batch.append_column("category", pa.array([route(r, cfg) for r in rows], pa.string()))

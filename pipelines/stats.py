@@ -103,8 +103,8 @@ def compute_stats(out: str | Path) -> dict:
     if manifest.exists():
         runs = json.loads(manifest.read_text()).get("runs") or [{}]
         targets = {c: v.get("target_pairs") for c, v in runs[-1].get("config", {}).get("categories", {}).items()}
-        report["balance"] = {c: {"target": t, "pairs": cats[c]["pairs"] if c in cats else 0,
-                                 "missing": max(0, t - (cats[c]["pairs"] if c in cats else 0)) if t else None}
+        have = {c: cats[c]["pairs"] if c in cats else 0 for c in targets}  # no defaultdict entries for absent ones
+        report["balance"] = {c: {"target": t, "pairs": have[c], "missing": max(0, t - have[c]) if t else None}
                              for c, t in sorted(targets.items())}
     rejects = out / "rejects" / "prompts.parquet"
     if rejects.exists():

@@ -17,6 +17,13 @@ def _draw(shape, generator, dtype, device) -> torch.Tensor:
     return torch.randn(shape, generator=generator, dtype=dtype).to(device)
 
 
+def freeze_encoders(pipe) -> None:
+    """The VAE and text encoders stay frozen: only the denoiser (UNet / transformer) trains."""
+    for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        if getattr(pipe, name, None) is not None:
+            getattr(pipe, name).requires_grad_(False).eval()
+
+
 class EpsilonUNet:
     """SD1.5-style, and SDXL-style with its extra conditioning: the pooled text embedding of the second
     encoder and the size/crop ids (original size = target size = the training resolution, no crop)."""
@@ -30,9 +37,7 @@ class EpsilonUNet:
         self.pipe = pipe
         self.xl = isinstance(pipe, StableDiffusionXLPipeline)
         self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        for name in ("vae", "text_encoder", "text_encoder_2"):
-            if getattr(pipe, name, None) is not None:
-                getattr(pipe, name).requires_grad_(False).eval()
+        freeze_encoders(pipe)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -86,9 +91,7 @@ class FlowTransformer:
 
         self.pipe, self.flux = pipe, isinstance(pipe, FluxPipeline)
         self.max_sequence_length = max_sequence_length
-        for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
-            if getattr(pipe, name, None) is not None:
-                getattr(pipe, name).requires_grad_(False).eval()
+        freeze_encoders(pipe)
 
     @property
     def model(self) -> torch.nn.Module:
