@@ -1,7 +1,8 @@
 """text_rendering (ViPO B.1): text-centric prompts whose quoted text fits the character limits; two
 generators drawn from a pool per prompt, same seed. Stage 1, OCR: an image whose OCR reads every
-required span (normalised, spaces ignored) beats one with character errors. Stage 2, when both read
-right or both wrong: the VLM panel with the text-rendering rubric. OCR reads and NED are stored."""
+required span as whole tokens (`workers.ocr.read_check`) beats one with character errors. Stage 2,
+when both read right or both wrong: the VLM panel with the text-rendering rubric. OCR reads and NED
+are stored."""
 
 import json
 

@@ -53,8 +53,8 @@ CANDIDATE = pa.struct([            # best-of-N: every image drawn for the prompt
 OCR_READ = pa.struct([
     ("side", pa.string()),            # "w" / "l" in pairs, "a" / "b" in undecided rows
     ("text", pa.string()),            # what the OCR engine read, in reading order
-    ("exact", pa.bool_()),            # every required span appears (normalised, spaces ignored)
-    ("ned", pa.float64()),            # normalised edit distance of the spans to their best match (0 = exact)
+    ("exact", pa.bool_()),            # every required span is read as whole tokens (normalised, spaces ignored)
+    ("ned", pa.float64()),            # normalised edit distance of the spans to their aligned tokens (0 = exact)
 ])
 
 _COMMON_HEAD = [

@@ -4,6 +4,7 @@ default) and PaddleOCR (clusters; local model folders accepted), and the stage-1
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 
@@ -21,28 +22,52 @@ def quoted_spans(prompt: str) -> list[str]:
     return [a or b for a, b in _QUOTED.findall(prompt) if (a or b).strip()]
 
 
-def normalize_text(text: str) -> str:
-    """Comparison form: NFKC, case-folded, whitespace removed (OCR often drops or adds spaces)."""
-    return "".join(unicodedata.normalize("NFKC", text).casefold().split())
+_KIND = {"L": "w", "M": "w", "N": "w", "P": "p", "S": "p"}  # Unicode category -> word glyph / punctuation
+_TOKEN = re.compile(r"w+(?:p+w+)*|p")
+
+
+def glyph_tokens(text: str) -> list[str]:
+    """Comparison tokens of a text, NFKC-normalised and case-folded: runs of letters, marks and digits,
+    joined across punctuation that sits between them ("rock'n'roll", "u.s.a"); punctuation or a symbol at
+    a word's edge is a token of its own ("open", "!"). Whitespace and control characters only separate."""
+    text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    kinds = "".join(_KIND.get(unicodedata.category(c)[0], " ") for c in text)
+    return [text[m.start():m.end()] for m in _TOKEN.finditer(kinds)]
+
+
+def span_match(span: str, tokens: list[str]) -> tuple[int, float]:
+    """(edit distance, NED) of the required span to the run of consecutive whole read tokens closest to it,
+    both with spaces removed (OCR drops and adds spaces between words). The NED is over that aligned
+    run, so glyphs the image adds or drops inside it count; tokens outside it do not."""
+    from rapidfuzz.distance import Levenshtein
+
+    want = "".join(glyph_tokens(span))
+    if not tokens:
+        return len(want), 1.0
+    best = (math.inf, 1.0)
+    for i in range(len(tokens)):
+        run = ""
+        for token in tokens[i:]:
+            run += token
+            if len(run) - len(want) > best[0]:  # this run and every longer one are further away
+                break
+            d = Levenshtein.distance(want, run)
+            best = min(best, (d, d / max(len(want), len(run))))
+    return best
 
 
 def read_check(required: list[str], read: str) -> tuple[bool, float]:
-    """(every required span appears exactly in the read text, mean normalised edit distance of each span
-    to its best-matching substring of the read text: 0 = perfect, 1 = nothing alike)."""
-    from rapidfuzz import fuzz
-    from rapidfuzz.distance import Levenshtein
-
-    got = normalize_text(read)
-    neds = []
-    for span in required:
-        want = normalize_text(span)
-        if not got:
-            neds.append(1.0)
-            continue
-        at = fuzz.partial_ratio_alignment(want, got)
-        neds.append(Levenshtein.normalized_distance(want, got[at.dest_start:at.dest_end]))
-    exact = bool(required) and all(normalize_text(s) in got for s in required)
-    return exact, float(np.mean(neds)) if neds else 1.0
+    """(every required span is read exactly, mean NED of the spans to their aligned runs: 0 = perfect,
+    1 = nothing alike). Exact means the span's glyphs equal a run of whole read tokens, so "Fresh Breadd"
+    and "WHOLESALE" do not read "Fresh Bread" and "SALE"; "FreshBread" does, and other tokens in the
+    image ("K Fresh Bread!") do not matter. Punctuation follows `glyph_tokens`: at a word's edge it
+    separates like a space ("OPEN!" reads "OPEN"), between letters it joins them ("Bread's" is not
+    "Bread"); the span's own punctuation must be read, and an extra glyph inside the span is an error."""
+    tokens = glyph_tokens(read)
+    matches = [span_match(s, tokens) for s in required if glyph_tokens(s)]
+    if not matches:
+        return False, 1.0
+    return all(d == 0 for d, _ in matches), float(np.mean([ned for _, ned in matches]))
 
 
 class RapidOcrBackend:
