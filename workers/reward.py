@@ -2,7 +2,8 @@
 
 - clip_score: 100 * max(cos(image, prompt), 0) with an open_clip model.
 - pickscore: a transformers CLIPModel (PickScore is a fine-tuned CLIP-H): logit_scale * cos.
-- hpsv2: open_clip (ViT-H-14 for the real one) with the HPS checkpoint loaded on top: cos.
+- hpsv2: open_clip (ViT-H-14 for the real one) with the HPS checkpoint loaded on top: cos; the image is
+  padded to a square, not cropped, as HPSv2's own preprocessing does.
 - aesthetic: the LAION improved-aesthetic-predictor MLP on normalised open_clip image embeddings
   (CLIP ViT-L/14 for the real one); ignores the prompt.
 """
@@ -66,13 +67,19 @@ class RewardScorer:
             from transformers import CLIPModel, CLIPProcessor
 
             self.model = CLIPModel.from_pretrained(model_path).to(self.device).eval()
-            self.processor = CLIPProcessor.from_pretrained(model_path)
+            # PickScore's reference ran transformers' PIL image processor; the default torchvision backend
+            # rounds resized pixels differently.
+            self.processor = CLIPProcessor.from_pretrained(model_path, backend="pil")
             return
         import open_clip
 
         ident = open_clip_name(model_path)
+        # As each reference preprocesses: HPSv2 resizes the longest side and pads to a square (black, the
+        # default fill); CLIP score and the LAION aesthetic MLP keep the model's own (CLIP's: shortest side,
+        # centre crop).
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-            ident, pretrained=self.cfg.pretrained, device=self.device)
+            ident, pretrained=self.cfg.pretrained, device=self.device,
+            image_resize_mode="longest" if self.cfg.kind == "hpsv2" else None)
         self.tokenizer = open_clip.get_tokenizer(ident)
         if self.cfg.kind == "hpsv2":
             open_clip.load_checkpoint(self.model, checkpoint_file(checkpoint_path))
