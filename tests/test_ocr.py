@@ -1,5 +1,7 @@
-"""Text-rendering stage 1 with real fonts and the real RapidOCR models: the correctly spelled image wins
-over a one-character-wrong one when the text is legible; otherwise the pair falls through to stage 2."""
+"""Text-rendering stage 1 with real fonts and the real RapidOCR models: the correctly spelled image never
+loses to a near miss (a letter substituted, added, dropped or swapped, letters glued on, distractor
+letters on the sign) and wins when both are legible; otherwise the pair falls through to stage 2.
+The span match itself (`read_check`) is tested by its properties."""
 
 import io
 import json
