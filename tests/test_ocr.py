@@ -59,7 +59,8 @@ def run_reader(reader, rows):
     return [json.loads(o) for o in out.column("ocr").to_pylist()], out.column("judges").to_pylist()
 
 
-def test_stage1_prefers_the_correct_spelling(reader):
+def stage1_rows():
+    """Each phrase rendered right and one letter wrong (the right one on side b every other row); and the flips."""
     rng = random.Random(0)
     rows, swapped = [], []
     for i, phrase in enumerate(PHRASES):
@@ -67,6 +68,11 @@ def test_stage1_prefers_the_correct_spelling(reader):
         flip = i % 2 == 1  # the correct image on either side
         rows.append(([phrase], bad, good) if flip else ([phrase], good, bad))
         swapped.append(flip)
+    return rows, swapped
+
+
+def test_stage1_prefers_the_correct_spelling(reader):
+    rows, swapped = stage1_rows()
     results, judges = run_reader(reader, rows)
     legible = decided_right = fell_through = 0
     for ocr, left, flip in zip(results, judges, swapped):
