@@ -2,6 +2,7 @@
 into the model cache (x2paddle) and reads rendered text as RapidOCR does, through the same OCR interface."""
 
 import io
+import json
 import socket
 from pathlib import Path
 
@@ -106,22 +107,27 @@ def test_bad_paddleocr_settings_say_what_to_do(tmp_path):
 
 @pytest.fixture(scope="module")
 def paddle_run(ray_session, tmp_path_factory):
-    """The text-rendering category with the paddleocr backend (real local Ray, tiny generators)."""
+    """The text-rendering category with the demo config's paddleocr reader (real local Ray, tiny generators)."""
     tmp = tmp_path_factory.mktemp("paddle_run")
     cfg = small_run_config(tmp, n_prompts=3, categories=("text_rendering",),
-                           overrides={("ocr", "rapid"): {**PADDLE, "pool": {"num_cpus": 0.25}},
+                           overrides={("categories", "text_rendering", "ocr"): "paddle",
                                       ("categories", "text_rendering", "panel"): "anatomy"})  # one judge: fewer actors
+    assert cfg.ocr["paddle"].model_dump(include=set(PADDLE)) == PADDLE
     run(cfg)
-    return {kind: [r for f in shard_files(Path(cfg.output.path), kind) for r in pq.read_table(f).to_pylist()]
+    out = Path(cfg.output.path)
+    rows = {kind: [r for f in shard_files(out, kind) for r in pq.read_table(f).to_pylist()]
             for kind in ("pairs", "undecided", "errors")}
+    return rows, json.loads((out / "manifest.json").read_text())["runs"][-1]
 
 
 def test_paddleocr_runs_in_the_pipeline_and_labels_as_rapidocr_would(paddle_run, rapid):
     """PaddleOCR's reads reach the records, RapidOCR reads the stored images the same, and each label follows
     stage 1 from those reads. (The tiny generators draw noise, so these reads are what both engines make of
     noise; legible text is compared above.)"""
-    records = paddle_run["pairs"] + paddle_run["undecided"]
-    assert not paddle_run["errors"] and len(records) == 3
+    rows, manifest = paddle_run
+    records = rows["pairs"] + rows["undecided"]
+    assert not rows["errors"] and len(records) == 3
+    assert manifest["model_paths"][DET] == resolve_model_ref(DET) and "paddlepaddle" in manifest["versions"]
     for r in records:
         reads = {o["side"]: o for o in r["ocr"]}
         assert len(reads) == 2
