@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.config import OcrConfig
-from workers.ppocr_kit import paddleocr_model_name, pipeline_kwargs
+from workers.ppocr_kit import declared_model_name, pipeline_kwargs
 from workers.runtime import column, decode_image, setup_worker, with_columns
 from workers.tiny_models import resolve_model_ref
 
@@ -74,7 +74,7 @@ class PaddleOcrBackend:
             if ref:
                 path = resolve_model_ref(ref)
                 # PaddleOCR checks the folder's model name against its default model's unless told the name.
-                args[f"text_{task}_model_dir"], args[f"text_{task}_model_name"] = path, paddleocr_model_name(path)
+                args[f"text_{task}_model_dir"], args[f"text_{task}_model_name"] = path, declared_model_name(path)
                 if ref.startswith("rapidocr:"):
                     args.update(pipeline_kwargs(task))
         if not (cfg.det_model_dir or cfg.rec_model_dir):

@@ -47,15 +47,14 @@ def paddlex_model_name(stem: str) -> str:
     return f"{version}_{size}_{task}"
 
 
-def ensure_ppocr_model(stem: str, cache_dir: str | os.PathLike | None = None) -> Path:
+def ensure_ppocr_model(stem: str) -> Path:
     """The PaddleOCR folder for RapidOCR's `<stem>.onnx`, converted on first use; concurrent callers wait on a lock."""
     from filelock import FileLock
 
     from workers.tiny_models import default_cache_dir
 
     name, src = paddlex_model_name(stem), rapidocr_models() / f"{stem}.onnx"
-    root = Path(cache_dir) if cache_dir else default_cache_dir() / f"ppocr-v{KIT_VERSION}"
-    final = root / f"rapidocr-{metadata.version('rapidocr')}" / stem
+    final = default_cache_dir() / f"ppocr-v{KIT_VERSION}" / f"rapidocr-{metadata.version('rapidocr')}" / stem
     if (final / "inference.yml").exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -71,6 +70,7 @@ def ensure_ppocr_model(stem: str, cache_dir: str | os.PathLike | None = None) ->
 
 
 def build_ppocr_model(src: Path, name: str, out: Path) -> Path:
+    _require_converter()
     import onnx
     import yaml
 
@@ -115,7 +115,7 @@ def pipeline_kwargs(task: str) -> dict:
             "text_det_unclip_ratio": det["unclip_ratio"]}
 
 
-def paddleocr_model_name(folder: str | os.PathLike) -> str:
+def declared_model_name(folder: str | os.PathLike) -> str:
     """The model name a PaddleOCR model folder declares (inference.yml Global.model_name)."""
     import yaml
 
@@ -161,17 +161,22 @@ def _nearest_resize_as_conv_transpose(model):
     return model
 
 
-def _x2paddle(onnx_path: Path, out: Path) -> None:
-    """x2paddle's CLI in a subprocess: it imports its generated code from sys.path and may exit() on errors."""
+def _require_converter() -> None:
+    hint = "converting RapidOCR's models for PaddleOCR needs x2paddle and onnx<1.17: pip install 'pairforge[ppocr-kit]'"
     try:
         metadata.version("x2paddle")
-        onnx_version = metadata.version("onnx")
+        onnx_version = tuple(int(v) for v in metadata.version("onnx").split(".")[:2])
     except metadata.PackageNotFoundError as e:
-        raise ImportError("converting RapidOCR's models for PaddleOCR needs x2paddle and onnx<1.17: "
-                          "pip install 'pairforge[ppocr-kit]'") from e
+        raise ImportError(hint) from e
+    if onnx_version >= (1, 17):  # x2paddle 1.6 imports onnx.mapping, which onnx 1.17 removed
+        raise ImportError(f"{hint} (onnx {metadata.version('onnx')} is installed)")
+
+
+def _x2paddle(onnx_path: Path, out: Path) -> None:
+    """x2paddle's CLI in a subprocess: it imports its generated code from sys.path and may exit() on errors."""
     cmd = [sys.executable, "-m", "x2paddle.convert", "--framework=onnx", f"--model={onnx_path}",
            f"--save_dir={out}", "--disable_feedback=True"]  # feedback = a network call home
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=out.parent)
     if not (out / "inference_model" / "model.pdiparams").exists():
-        raise RuntimeError(f"x2paddle (onnx {onnx_version}) could not convert {onnx_path}:\n"
+        raise RuntimeError(f"x2paddle could not convert {onnx_path}:\n"
                            + (proc.stdout + proc.stderr)[-3000:])
