@@ -33,8 +33,9 @@ def rapid():
 
 @pytest.fixture(scope="module")
 def paddle():
-    """PaddleOCR on the converted models. Building them, loading PaddleOCR and a first read happen with
-    every internet connection refused and recorded: nothing may be fetched (models, fonts, hub checks)."""
+    """PaddleOCR on the converted models. Loading PaddleOCR and a first read (and the conversion, when the
+    cache lacks it) happen with this process's internet connections refused and recorded: nothing may be
+    fetched (models, fonts, hub checks). x2paddle's own subprocess runs with its feedback call switched off."""
     attempts = []
     connect = socket.socket.connect
 
