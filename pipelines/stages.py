@@ -45,12 +45,13 @@ def used_models(cfg: RunConfig) -> dict[str, list[str]]:
 
 
 def model_refs(cfg: RunConfig) -> list[str]:
-    """The model refs a run loads (what `tiny:` / `pkg:` resolution and the manifest care about)."""
+    """The model refs a run loads (what `tiny:` / `pkg:` / `rapidocr:` resolution and the manifest care about)."""
     used = used_models(cfg)
     return ([cfg.perturbers[p].model for p in used["perturbers"] if cfg.perturbers[p].backend == "vllm"]
             + [cfg.generators[g].model for g in used["generators"]]
             + [cfg.judges[j].model for j in used["judges"]] + [cfg.rewards[r].model for r in used["rewards"]]
-            + [cfg.rewards[r].checkpoint for r in used["rewards"] if cfg.rewards[r].checkpoint])
+            + [cfg.rewards[r].checkpoint for r in used["rewards"] if cfg.rewards[r].checkpoint]
+            + [d for o in used["ocr"] for d in (cfg.ocr[o].det_model_dir, cfg.ocr[o].rec_model_dir) if d])
 
 
 def apply_worker_pools(ds, cfg: RunConfig, model_paths: dict[str, str], runtime_env: dict | None = None):

@@ -178,11 +178,24 @@ class PerturberConfig(Strict):
 class OcrConfig(Strict):
     backend: Literal["rapidocr", "paddleocr"] = Field("rapidocr", description="rapidocr: PP-OCR models shipped in "
                                                                               "its wheel (embedded default); paddleocr: clusters")
-    det_model_dir: str | None = Field(None, description="paddleocr: local text-detection model folder")
-    rec_model_dir: str | None = Field(None, description="paddleocr: local text-recognition model folder")
-    lang: str = "en"
+    det_model_dir: str | None = Field(None, description="paddleocr: text-detection model: a PaddleOCR model folder, or "
+                                                         "rapidocr:<model> (RapidOCR's shipped model, converted once into "
+                                                         "the model cache); default: PaddleOCR's model for `lang`")
+    rec_model_dir: str | None = Field(None, description="paddleocr: text-recognition model, as det_model_dir")
+    lang: str = Field("en", description="paddleocr: picks PaddleOCR's default models when no model folder is given")
+    device: str | None = Field(None, description="paddleocr: cpu, gpu, gpu:0...; default: a GPU when the actor has one")
+    paddleocr_kwargs: dict = Field({}, description="paddleocr: more PaddleOCR(...) arguments, e.g. "
+                                                   "text_recognition_batch_size, text_det_limit_side_len, enable_mkldnn")
     batch_size: int = Field(8, ge=1)
     pool: PoolConfig = PoolConfig()
+
+    @model_validator(mode="after")
+    def _paddleocr_settings(self):
+        if self.backend != "paddleocr":
+            set_ = [k for k in ("det_model_dir", "rec_model_dir", "device", "paddleocr_kwargs") if getattr(self, k)]
+            if set_:
+                raise ValueError(f"{', '.join(set_)}: settings of the paddleocr backend (this one is {self.backend})")
+        return self
 
 
 class CategoryConfig(Strict):

@@ -83,6 +83,18 @@ def run_reader(reader, rows):
     return [json.loads(o) for o in out.column("ocr").to_pylist()], out.column("judges").to_pylist()
 
 
+def stage1_rows():
+    """Each phrase rendered right and one letter wrong (the right one on side b every other row); and the flips."""
+    rng = random.Random(0)
+    rows, swapped = [], []
+    for i, phrase in enumerate(PHRASES):
+        good, bad = render(phrase, FONTS[i % 4]), render(near_miss(phrase, "substitute", rng), FONTS[i % 4])
+        flip = i % 2 == 1  # the correct image on either side
+        rows.append(([phrase], bad, good) if flip else ([phrase], good, bad))
+        swapped.append(flip)
+    return rows, swapped
+
+
 def test_stage1_never_prefers_a_near_miss(reader):
     """Acceptance: rendered near-miss pairs (each kind of NEAR_MISSES, distractor letters on either image);
     the correct rendering never loses, and wins wherever OCR read both images as drawn."""

@@ -12,7 +12,9 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.config import OcrConfig
+from workers.ppocr_kit import declared_model_name, pipeline_kwargs
 from workers.runtime import column, decode_image, setup_worker, with_columns
+from workers.tiny_models import resolve_model_ref
 
 _QUOTED = re.compile(r'"([^"]+)"|“([^”]+)”')
 
@@ -71,10 +73,10 @@ def read_check(required: list[str], read: str) -> tuple[bool, float]:
 
 
 class RapidOcrBackend:
-    def __init__(self, cfg: OcrConfig):
+    def __init__(self, cfg: OcrConfig, num_threads: int = 1):
         from rapidocr import RapidOCR
 
-        self.engine = RapidOCR(params={"Global.log_level": "error"})
+        self.engine = RapidOCR(params={"Global.log_level": "error", "EngineConfig.onnxruntime.intra_op_num_threads": num_threads})
 
     def read(self, image) -> str:
         result = self.engine(np.asarray(image)[:, :, ::-1].copy())  # BGR, as OpenCV reads images
@@ -84,15 +86,27 @@ class RapidOcrBackend:
 
 
 class PaddleOcrBackend:
-    def __init__(self, cfg: OcrConfig):
+    """PaddleOCR's OCR pipeline (detection + recognition; no document unwarping or orientation models)."""
+
+    def __init__(self, cfg: OcrConfig, num_threads: int = 1):
         try:
             from paddleocr import PaddleOCR
         except ImportError as e:
             raise ImportError("the paddleocr OCR backend needs PaddleOCR: pip install 'pairforge[paddleocr]'") from e
-        dirs = {k: v for k, v in (("text_detection_model_dir", cfg.det_model_dir),
-                                  ("text_recognition_model_dir", cfg.rec_model_dir)) if v}
-        self.engine = PaddleOCR(lang=cfg.lang, use_doc_orientation_classify=False, use_doc_unwarping=False,
-                                use_textline_orientation=False, **dirs)
+        args = {"use_doc_orientation_classify": False, "use_doc_unwarping": False, "use_textline_orientation": False,
+                "cpu_threads": num_threads}
+        for task, ref in (("detection", cfg.det_model_dir), ("recognition", cfg.rec_model_dir)):
+            if ref:
+                path = resolve_model_ref(ref)
+                # PaddleOCR checks the folder's model name against its default model's unless told the name.
+                args[f"text_{task}_model_dir"], args[f"text_{task}_model_name"] = path, declared_model_name(path)
+                if ref.startswith("rapidocr:"):
+                    args.update(pipeline_kwargs(task))
+        if not (cfg.det_model_dir or cfg.rec_model_dir):
+            args["lang"] = cfg.lang
+        if cfg.device:
+            args["device"] = cfg.device
+        self.engine = PaddleOCR(**{**args, **cfg.paddleocr_kwargs})
 
     def read(self, image) -> str:
         texts, boxes = [], []
@@ -124,7 +138,7 @@ class OcrReader:
         setup_worker(num_threads)
         self.name = name
         self.cfg = OcrConfig.model_validate(cfg)
-        self.backend = OCR_BACKENDS[self.cfg.backend](self.cfg)
+        self.backend = OCR_BACKENDS[self.cfg.backend](self.cfg, num_threads)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         engines, required = column(batch, "ocr_engine"), column(batch, "required_text")

