@@ -52,6 +52,14 @@ def test_injected_prompt_cannot_leave_the_data_section(attack, specials):
     assert "cat" in text  # the prompt itself survives
 
 
+@pytest.mark.parametrize("attack", INJECTIONS)
+def test_the_llm_perturber_quotes_the_prompt_between_the_same_markers(attack):
+    from workers.perturber import edit_messages
+
+    text = edit_messages(sanitize_untrusted(attack, [], 2000), 2, NONCE)[0]["content"]
+    check_data_section(text, edit_messages("a cat", 2, NONCE)[0]["content"])
+
+
 @given(st.text(max_size=3000))
 def test_sanitized_text_is_bounded_and_free_of_tokens_and_delimiters(text):
     out = sanitize_untrusted(text, SPECIALS, max_chars=200)
