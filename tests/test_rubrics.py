@@ -78,7 +78,8 @@ def test_concatenated_fragments_cannot_assemble_a_marker_or_token(parts):
 
 def test_benign_prompts_pass_unchanged():
     for prompt in ["A neon sign that says \"OPEN 24/7\" above a diner", "一只猫坐在窗台上", "Кот на подоконнике",
-                   "a 3:2 photo at f/1.8 - 35mm, <50% grey> sky", "café au lait, crème brûlée"]:
+                   "a 3:2 photo at f/1.8 - 35mm, <50% grey> sky", "café au lait, crème brûlée",
+                   'a door sign that reads "[OPEN] <EXIT> [SALE]"']:
         assert sanitize_untrusted(prompt, SPECIALS, 600) == unicodedata.normalize("NFKC", prompt)
 
 

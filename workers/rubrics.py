@@ -66,10 +66,14 @@ OPTIONS = ("A", "B")
 # such as bidi controls and zero-width joiners, surrogates, private use, unassigned).
 _SPACE_CATEGORIES = {"Cc", "Zl", "Zp"}
 _DROP_CATEGORIES = {"Cf", "Cs", "Co", "Cn"}
-# Shapes of chat control tokens across model families, removed even when the tokenizer is not known:
-# <|im_end|>, <|eot_id|>, <|start_header_id|> (NFKC folds DeepSeek's <｜...｜>); <s>, </s>, <start_of_turn>,
-# <end_of_turn>, <image>, <think>; [INST], [/INST], [SYSTEM_PROMPT], [TOOL_CALLS].
-_CONTROL_TOKEN = re.compile(r"<\|[^<>|\s]{0,40}\|>|</?[^\W\d][\w.-]{0,40}>|\[/?[A-Z][A-Z_]{1,40}\]")
+# Shapes of chat control tokens across model families, removed even when the tokenizer is not known.
+# Lower-case tags and Mistral's bracketed names only: a sign in a prompt may well read "[OPEN]" or "<EXIT>".
+_CONTROL_TOKEN = re.compile(
+    r"<\|[^<>|\s]{0,40}\|>"            # <|im_end|>, <|eot_id|>, <|start_header_id|>, DeepSeek's <｜...｜> (NFKC)
+    r"|</?[a-z_][a-z0-9_.-]{0,40}>"    # <s>, </s>, <start_of_turn>, <end_of_turn>, <image>, <think>, <tool_call>
+    r"|<</?SYS>>"                      # Llama 2's system block
+    r"|\[/?(?:INST|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_CALLS|TOOL_RESULTS|TOOL_CONTENT|THINK|IMG|IMG_BREAK|IMG_END"
+    r"|PREFIX|MIDDLE|SUFFIX)\]")
 
 
 def _lookalike(word: str) -> str:
