@@ -21,7 +21,7 @@ def main() -> None:
 
     from schemas.config import JudgeConfig
     from workers.judge_backends import make_backend
-    from workers.rubrics import OPTIONS, pairwise_messages
+    from workers.rubrics import OPTIONS, new_nonce, pairwise_messages
     from workers.runtime import pick_device, setup_worker
     from workers.tiny_models import resolve_model_ref
 
@@ -38,7 +38,8 @@ def main() -> None:
     path = resolve_model_ref(args.model)
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (args.size, args.size, 3), dtype=np.uint8)) for _ in range(16)]
-    pairs = [(pairwise_messages("composition", f"two chairs facing a window, variant {i}"),
+    nonce = new_nonce()
+    pairs = [(pairwise_messages("composition", f"two chairs facing a window, variant {i}", nonce),
               images[i % 16], images[(i * 7 + 3) % 16]) for i in range(args.pairs)]
 
     rates = {}

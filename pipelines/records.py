@@ -7,7 +7,8 @@ and finished rows into typed records of the pair, undecided or error kind.
 Working columns: pair_id, category, prompt, prompt_id, prompt_source, gen_a/gen_b (generator names;
 "" for an existing image), prompt_a/prompt_b, seed_a/seed_b, image_a/image_b (PNG bytes), judges,
 reward_models, perturber, edit_k, edit_dimensions, ocr_engine, required_text, ocr (JSON strings), and for
-best-of-N rows cand_gens, cand_seeds (JSON lists), cand_images (PNG bytes), cand_scores (JSON, per model).
+best-of-N rows cand_gens, cand_seeds (JSON lists), cand_images (PNG bytes), cand_scores (JSON, per model);
+score_judges (comma-separated, like judges).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ WORK_COLUMNS = {
     "image_b": pa.binary(), "judges": pa.string(), "reward_models": pa.string(), "perturber": pa.string(),
     "edit_k": pa.int64(), "edit_dimensions": pa.string(), "ocr_engine": pa.string(), "required_text": pa.string(),
     "ocr": pa.string(), "cand_gens": pa.string(), "cand_seeds": pa.string(), "cand_images": pa.list_(pa.binary()),
-    "cand_scores": pa.string(),
+    "cand_scores": pa.string(), "score_judges": pa.string(),
 }
 
 
@@ -97,7 +98,8 @@ def plan_table(cfg: RunConfig, category: str, rows: list[dict]) -> pa.Table:
             "gen_a": a["generator"] if a else EXISTING, "gen_b": b["generator"],
             "prompt_a": a["prompt"] if a else r["prompt"], "prompt_b": b["prompt"],
             "seed_a": a["seed"] if a else 0, "seed_b": b["seed"], "image_a": r.get("image_a"),
-            "judges": judges if r.get("judged", True) else "", "reward_models": ",".join(ccfg.rewards),
+            "judges": judges if r.get("judged", True) else "", "score_judges": ",".join(ccfg.score_judges),
+            "reward_models": ",".join(ccfg.rewards),
             "perturber": r.get("perturber"), "edit_k": r.get("edit_k"),
             "edit_dimensions": json.dumps(r["edit_dimensions"]) if r.get("edit_dimensions") is not None else None,
             "ocr_engine": r.get("ocr_engine"),
@@ -157,13 +159,15 @@ def build_records(rows: list[dict], cfg: RunConfig, decide: Callable[[dict], Lab
         details = {"width": width, "height": height, "votes": _json(row.get("votes"), []),
                    "edit_dimensions": _json(row.get("edit_dimensions"), None),
                    "required_text": _json(row.get("required_text"), None)}
+        scores = _json(row.get("scores"), None)
         label = decide(row)
         if label.winner is None:
             out.append({**common, **details, "_kind": "undecided", "reason": label.reason,
                         "prompt_b": row["prompt_b"] if row["prompt_b"] != row["prompt"] else None,
                         "image_a": _image(row["image_a"], row["pair_id"], "a"),
                         "image_b": _image(row["image_b"], row["pair_id"], "b"),
-                        "generator_a": gen["a"], "generator_b": gen["b"], "ocr": _ocr_reads(ocr, {"a": "a", "b": "b"})})
+                        "generator_a": gen["a"], "generator_b": gen["b"], "ocr": _ocr_reads(ocr, {"a": "a", "b": "b"}),
+                        "scores": _scores(scores, {"a": "a", "b": "b"})})
             continue
         w, lo = label.winner, "b" if label.winner == "a" else "a"
         rewards = [{"model": r["model"], "score_w": r[f"score_{w}"], "score_l": r[f"score_{lo}"],
@@ -177,7 +181,7 @@ def build_records(rows: list[dict], cfg: RunConfig, decide: Callable[[dict], Lab
                     "image_w": _image(row[f"image_{w}"], row["pair_id"], "w"),
                     "image_l": _image(row[f"image_{lo}"], row["pair_id"], "l"),
                     "generator_w": gen[w], "generator_l": gen[lo], "ocr": _ocr_reads(ocr, {"w": w, "l": lo}),
-                    "candidates": row.get("candidates")})
+                    "scores": _scores(scores, {w: "w", lo: "l"}), "candidates": row.get("candidates")})
     return pa.Table.from_pylist(out, schema=ROW_SCHEMA)
 
 
@@ -209,6 +213,13 @@ def _ocr_reads(ocr: dict | None, sides: dict[str, str]) -> list[dict] | None:
         return None
     return [{"side": tag, "text": ocr[f"text_{s}"], "exact": ocr[f"exact_{s}"], "ned": ocr[f"ned_{s}"]}
             for tag, s in sides.items()]
+
+
+def _scores(scores: list[dict] | None, tags: dict[str, str]) -> list[dict] | None:
+    """The score judges' records with each working side ("a" / "b") renamed to its tag in the record."""
+    if not scores:
+        return None
+    return [{**s, "side": tags[s["side"]]} for s in scores]
 
 
 def _image_size(data: bytes) -> tuple[int, int]:

@@ -86,6 +86,7 @@ def run(cfg: RunConfig, config_path: str | None = None) -> dict:
     started = time.time()
     store = OutputStore(cfg.output.path)
     store.prepare()
+    marker_nonce = cfg.marker_nonce or store.marker_nonce()
     run_id = new_run_id()
     model_paths = resolve_models(cfg)
     init_ray(cfg.ray)
@@ -123,7 +124,7 @@ def run(cfg: RunConfig, config_path: str | None = None) -> dict:
     sink = ShardSink(store.path, run_id, cfg.output.rows_per_file)
     if branches:
         ds = branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
-        ds = apply_worker_pools(ds, cfg, model_paths, env)
+        ds = apply_worker_pools(ds, cfg, model_paths, env, marker_nonce)
         ds = ds.map_batches(label_rows, fn_kwargs=dict(cfg=cfg), batch_format="pyarrow")
         ds.write_datasink(sink)
 
@@ -133,7 +134,7 @@ def run(cfg: RunConfig, config_path: str | None = None) -> dict:
     store.update_manifest({
         "run_id": run_id, "config_path": config_path, "started_at": started, "finished_at": time.time(),
         "config": cfg.model_dump(mode="json"), "config_hash": cfg.config_hash(), "versions": package_versions(),
-        "model_paths": model_paths, "planned": planned, "written": written,
+        "model_paths": model_paths, "marker_nonce": marker_nonce, "planned": planned, "written": written,
         "prompts": {"kept": sum(routed.values()), "rejected": n_rejected, "unrouted": routed.get(None, 0),
                     "routed": {k: v for k, v in routed.items() if k}},
     })

@@ -38,7 +38,7 @@ def used_models(cfg: RunConfig) -> dict[str, list[str]]:
         "perturbers": {c.perturber for c in cats if c.perturber and cfg.perturbers[c.perturber].kind == "llm"},
         "generators": {g for c in cats for g in c.generators},
         "ocr": {c.ocr for c in cats if c.ocr},
-        "judges": {j for c in cats if c.panel for j in cfg.panels[c.panel].judges},
+        "judges": {j for c in cats if c.panel for j in cfg.panels[c.panel].judges} | {j for c in cats for j in c.score_judges},
         "rewards": {r for c in cats for r in c.rewards},
     }
     return {kind: [n for n in getattr(cfg, kind) if n in names] for kind, names in used.items()}
@@ -54,14 +54,17 @@ def model_refs(cfg: RunConfig) -> list[str]:
             + [d for o in used["ocr"] for d in (cfg.ocr[o].det_model_dir, cfg.ocr[o].rec_model_dir) if d])
 
 
-def apply_worker_pools(ds, cfg: RunConfig, model_paths: dict[str, str], runtime_env: dict | None = None):
+def apply_worker_pools(ds, cfg: RunConfig, model_paths: dict[str, str], runtime_env: dict | None = None,
+                       marker_nonce: str | None = None):
     """Each pool a streaming actor-pool stage. `runtime_env` (env vars) is set per stage so it merges
-    with, rather than replaces, a submitted job's runtime env."""
+    with, rather than replaces, a submitted job's runtime env. `marker_nonce`: the run's data-marker nonce,
+    the same for every judge and perturber actor."""
     used = used_models(cfg)
     for name in used["perturbers"]:
         p = cfg.perturbers[name]
         path = model_paths.get(p.model, p.model)
-        ds = ds.map_batches(LLMPerturber, fn_constructor_kwargs=dict(name=name, cfg=p.model_dump(), model_path=path),
+        ds = ds.map_batches(LLMPerturber, fn_constructor_kwargs=dict(name=name, cfg=p.model_dump(), model_path=path,
+                                                                     nonce=marker_nonce),
                             batch_size=p.batch_size, **pool_args(p.pool, runtime_env))
     for name in used["generators"]:
         g = cfg.generators[name]
@@ -74,7 +77,8 @@ def apply_worker_pools(ds, cfg: RunConfig, model_paths: dict[str, str], runtime_
     for name in used["judges"]:
         j = cfg.judges[name]
         ds = ds.map_batches(VLMJudge, batch_size=j.batch_size, **pool_args(j.pool, runtime_env),
-                            fn_constructor_kwargs=dict(name=name, cfg=j.model_dump(), model_path=model_paths[j.model]))
+                            fn_constructor_kwargs=dict(name=name, cfg=j.model_dump(), model_path=model_paths[j.model],
+                                                       nonce=marker_nonce))
     for name in used["rewards"]:
         r = cfg.rewards[name]
         ds = ds.map_batches(RewardScorer, batch_size=r.batch_size, **pool_args(r.pool, runtime_env),

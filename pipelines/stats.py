@@ -13,7 +13,7 @@ from pipelines.store import shard_files
 
 _COLUMNS = {
     "pairs": ["pair_id", "category", "label_source", "votes", "agreement", "confidence", "rewards", "generator_w",
-              "generator_l"],
+              "generator_l", "scores"],
     "undecided": ["category", "reason", "votes"],
     "errors": ["category"],
 }
@@ -21,8 +21,25 @@ _COLUMNS = {
 
 def _iter_rows(out: Path, kind: str):
     for f in shard_files(out, kind):
-        for batch in pq.ParquetFile(f).iter_batches(columns=_COLUMNS[kind], batch_size=4096):
+        shard = pq.ParquetFile(f)
+        columns = [c for c in _COLUMNS[kind] if c in shard.schema_arrow.names]  # older shards lack newer columns
+        for batch in shard.iter_batches(columns=columns, batch_size=4096):
             yield from batch.to_pylist()
+
+
+def _score_counters(scores: list[dict], c: Counter) -> None:
+    """Per score judge with both images scored: winner vs loser expected scores and spreads."""
+    by_judge: dict[str, dict] = defaultdict(dict)
+    for s in scores:
+        if s["expected"] is not None:
+            by_judge[s["judge"]][s["side"]] = s
+    for sides in by_judge.values():
+        if "w" in sides and "l" in sides:
+            c["scored"] += 1
+            c["score_w"] += sides["w"]["expected"]
+            c["score_l"] += sides["l"]["expected"]
+            c["score_agrees"] += sides["w"]["expected"] > sides["l"]["expected"]
+            c["score_std"] += sides["w"]["std"] + sides["l"]["std"]
 
 
 def _vote_counters(votes: list[dict], c: Counter) -> None:
@@ -62,6 +79,7 @@ def compute_stats(out: str | Path) -> dict:
         if row["confidence"] is not None:
             confidence_sum[row["category"]] += row["confidence"]
         _vote_counters(row["votes"] or [], c)
+        _score_counters(row.get("scores") or [], c)
         for r in row["rewards"] or []:
             if r["score_w"] is not None and r["score_l"] is not None:
                 reward_right[r["model"]]["pairs"] += 1
@@ -88,6 +106,11 @@ def compute_stats(out: str | Path) -> dict:
             "judge_verdicts": c["judge_verdicts"], "position_flips": c["position_flips"],
             "position_bias_rate": rate(c["position_flips"], c["judge_verdicts"]),
             "reward_consistency": rate(c["reward_consistent"], c["reward_checked"]),
+            # Score judges on decided pairs, one entry per (pair, judge) with both images scored.
+            "scores": {"scored": c["scored"], "mean_expected_w": rate(c["score_w"], c["scored"]),
+                       "mean_expected_l": rate(c["score_l"], c["scored"]),
+                       "agrees_with_label": rate(c["score_agrees"], c["scored"]),
+                       "mean_std": rate(c["score_std"], 2 * c["scored"])} if c["scored"] else None,
         }
         report["totals"].update({k: c[k] for k in ("pairs", "undecided", "errors", "votes", "abstentions",
                                                     "judge_verdicts", "position_flips", "reward_checked",
@@ -158,6 +181,11 @@ def format_stats(report: dict) -> str:
             lines.append(f"  {cat} agreement: " + ", ".join(f"{k}: {v}" for k, v in c["agreement_histogram"].items()))
         if c["undecided_reasons"]:
             lines.append(f"  {cat} undecided: " + ", ".join(f"{k}: {v}" for k, v in c["undecided_reasons"].items()))
+        if c["scores"]:
+            sc = c["scores"]
+            lines.append(f"  {cat} scores: winners {sc['mean_expected_w']:.2f} vs losers {sc['mean_expected_l']:.2f}, "
+                         f"higher for the winner in {sc['agrees_with_label']:.1%} of {sc['scored']} (pair, judge), "
+                         f"mean spread {sc['mean_std']:.2f}")
     for m, r in report["rewards"].items():
         lines.append(f"  reward {m}: agrees with the label on {r['agrees_with_label']:.1%} of {r['pairs']} pairs")
     if report["totals"].get("reward_consistency") is not None:

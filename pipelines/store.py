@@ -6,6 +6,7 @@ Layout of OUT:
     errors/<category>/part-....parquet                  rows that could not be generated (retried next run)
     rejects/prompts.parquet                             rejected prompts with file, line and reason
     manifest.json                                       counts, file checksums, runs with resolved configs
+    marker_nonce                                        the nonce of the judges' data markers (workers/rubrics.py)
     stats.json                                          the stats report
 
 The shards are the source of truth for resume: a re-run reads the `pair_id` column of `pairs/` and
@@ -141,6 +142,16 @@ class OutputStore:
             (self.path / kind).mkdir(exist_ok=True)
         for tmp in self.path.rglob(f"{TMP_PREFIX}*"):
             tmp.unlink(missing_ok=True)
+
+    def marker_nonce(self) -> str:
+        """The nonce of the judges' data markers for this output: drawn on first use and kept in
+        OUT/marker_nonce, so every run that resumes the output shows the judges the same prompt."""
+        from workers.rubrics import new_nonce
+
+        path = self.path / "marker_nonce"
+        if not path.exists():
+            write_atomic(path, new_nonce().encode())
+        return path.read_text().strip()
 
     def done_pair_ids(self) -> set[str]:
         """Ids of every pair already written (decided or undecided), read column-wise, file by file."""

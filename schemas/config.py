@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from schemas.pair import CATEGORIES, stable_hash
 
+NONCE_PATTERN = r"[0-9A-Za-z]{8,64}"  # the data markers' nonce (workers/rubrics.py)
+
 # What each category's recipe needs from its config: (min, max) generators (max None = a pool),
 # whether side A may be an existing image, and the fields it cannot do without.
 CATEGORY_NEEDS = {
@@ -85,6 +87,9 @@ class JudgeConfig(Strict):
     def _endpoint_for_openai(self):
         if self.backend == "openai" and not self.endpoint:
             raise ValueError("backend openai needs `endpoint` (the server's base URL, e.g. http://host:8000/v1)")
+        if self.backend == "openai" and self.min_option_mass:
+            raise ValueError("min_option_mass: not observable over an endpoint (vLLM's guided choice renormalises "
+                             "the options' log-probabilities); remove it or use backend transformers / vllm")
         return self
 
 
@@ -205,6 +210,8 @@ class CategoryConfig(Strict):
     generators: list[str] = Field(min_length=1, description="two for A-vs-B categories (one with existing_images), "
                                                             "one for alignment, a pool of two or more for text_rendering")
     panel: str | None = Field(None, description="VLM panel (text_rendering: stage 2)")
+    score_judges: list[str] = Field([], description="judges that also give each image of a pair a 1-10 score "
+                                                    "distribution by the category's rubric (stored in `scores`)")
     rewards: list[str] = []
     existing_images: bool = Field(False, description="side A is the prompt's existing image (sources with image_field)")
     best_of_n: int | None = Field(None, ge=2, description="A-vs-B categories: draw N images per prompt (round-robin "
@@ -243,6 +250,11 @@ class RunConfig(Strict):
     perturbers: dict[str, PerturberConfig] = {}
     ocr: dict[str, OcrConfig] = {}
     categories: dict[str, CategoryConfig] = Field(min_length=1)
+    marker_nonce: str | None = Field(
+        None, pattern=f"^{NONCE_PATTERN}$",
+        description="the tag in the judge's and perturber's data markers; default: drawn at random once per output "
+                    "directory and kept there, so resumed runs show the judges the same prompt. Pin it to compare "
+                    "runs across outputs (data written before the run cannot know a random one)")
 
     @model_validator(mode="after")
     def _references_resolve(self):
@@ -258,6 +270,7 @@ class RunConfig(Strict):
                 raise ValueError(f"categories: unknown category {cat!r} (known: {', '.join(CATEGORIES)})")
             check("generator", c.generators, self.generators, f"{where}.generators")
             check("reward", c.rewards, self.rewards, f"{where}.rewards")
+            check("judge", c.score_judges, self.judges, f"{where}.score_judges")
             check("prompt source", c.sources or [], dict.fromkeys(sources), f"{where}.sources")
             if c.panel is not None:
                 check("panel", [c.panel], self.panels, f"{where}.panel")
@@ -285,6 +298,9 @@ class RunConfig(Strict):
                                      "(composition, aesthetics, human_quality) without existing_images")
                 if not c.rewards:
                     raise ValueError(f"{where}.best_of_n: needs rewards to choose the pair")
+                if c.score_judges:
+                    raise ValueError(f"{where}.score_judges: not with best_of_n (the rewards choose the pair's "
+                                     "images after the judges have run)")
             for field in need["required"]:
                 if getattr(c, field) is None and not (field == "panel" and c.best_of_n):
                     raise ValueError(f"{where}.{field}: required for {cat}")

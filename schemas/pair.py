@@ -56,6 +56,15 @@ OCR_READ = pa.struct([
     ("exact", pa.bool_()),            # every required span is read as whole tokens (normalised, spaces ignored)
     ("ned", pa.float64()),            # normalised edit distance of the spans to their aligned tokens (0 = exact)
 ])
+SCORE = pa.struct([                # a score judge's 1-10 distribution for one image (Z-Reward style)
+    ("judge", pa.string()),
+    ("side", pa.string()),            # "w" / "l" in pairs, "a" / "b" in undecided rows
+    ("expected", pa.float64()),       # expected score; null when the judge's answer could not be read
+    ("std", pa.float64()),            # its spread (standard deviation of the distribution)
+    ("mass", pa.float64()),           # share of the judge's next-token distribution on a score (null over an endpoint)
+    ("probs", pa.list_(pa.float64())),  # P(1), ..., P(10)
+    ("note", pa.string()),            # why the score is missing
+])
 
 _COMMON_HEAD = [
     ("pair_id", pa.string()),
@@ -75,6 +84,7 @@ _DETAIL_FIELDS = [
     ("edit_dimensions", pa.list_(pa.string())),   # alignment: the dimensions the loser's prompt changed
     ("required_text", pa.list_(pa.string())),     # text_rendering: the spans the image must show
     ("ocr", pa.list_(OCR_READ)),                  # text_rendering: both images' OCR reads
+    ("scores", pa.list_(SCORE)),                  # categories with score_judges: each judge's score of each image
 ]
 
 PAIR_FIELDS = _COMMON_HEAD + [

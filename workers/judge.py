@@ -6,9 +6,12 @@ with a note, when the option log-probabilities are missing or non-finite and no 
 from the answer text, or when they carry less than `min_option_mass` of the model's full
 next-token distribution (it was not answering the question). Abstentions are never coerced.
 
-Score mode (Z-Reward style): a 1-10 rubric score read as a distribution from the score tokens'
-log-probabilities; "10" is two tokens for most tokenizers, so P(10) = P("1") P("0" | "1") and
-P(1) = P("1") (1 - P("0" | "1")), from a second call with the answer prefix "1".
+Score mode (Z-Reward style): each image gets a 1-10 rubric score read as a distribution from the score
+tokens' log-probabilities, summarised by its expected value and spread. "10" is two tokens for most
+tokenizers, so P(10) = P("1") P("0" | "1") and P(1) = P("1") (1 - P("0" | "1")), from a second call
+with the answer prefix "1"; the ten probabilities are normalised by their sum, which is the mass of
+"1".."9" (reported as `mass`, the share of the full next-token distribution on a score, where the
+backend can observe it).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import pyarrow as pa
 
 from schemas.config import JudgeConfig
 from workers.judge_backends import OptionResult, make_backend
-from workers.rubrics import OPTIONS, pairwise_messages, parse_choice, sanitize_untrusted, score_messages
+from workers.rubrics import OPTIONS, new_nonce, pairwise_messages, parse_choice, sanitize_untrusted, score_messages
 from workers.runtime import column, decode_image, setup_worker, with_columns
 
 SCORES = [str(s) for s in range(1, 11)]
@@ -52,95 +55,99 @@ def abstention(judge: str, order: str, note: str) -> dict:
     return {"judge": judge, "order": order, "choice": None, "logprob_a": None, "logprob_b": None, "note": note}
 
 
+def unscored(note: str) -> dict:
+    return {"expected": None, "std": None, "mass": None, "probs": None, "note": note}
+
+
 def score_distribution(backend, requests: list[tuple[list[dict], list]]) -> list[dict]:
-    """Per request: {expected, std, mass, probs} over the scores 1..10 (None fields if unreadable)."""
+    """Per request: {expected, std, mass, probs, note} over the scores 1..10; None fields and a note when
+    the backend could not read the distribution."""
     if backend.is_single_token("10"):
-        lp = np.stack([r.logprobs for r in backend.option_logprobs(requests, SCORES)])
+        head = backend.option_logprobs(requests, SCORES)
+        lp = np.stack([r.logprobs for r in head])
+        why = [r.text for r in head]
     else:
-        head = np.stack([r.logprobs for r in backend.option_logprobs(requests, SCORES[:9])])
-        zero = np.stack([r.logprobs for r in backend.option_logprobs(requests, ["0"], prefix="1")])[:, 0]
+        head = backend.option_logprobs(requests, SCORES[:9])
+        zero_results = backend.option_logprobs(requests, ["0"], prefix="1")
+        first = np.stack([r.logprobs for r in head])
+        zero = np.stack([r.logprobs for r in zero_results])[:, 0]
         with np.errstate(divide="ignore"):
-            lp = np.concatenate([head[:, :1] + np.log1p(-np.exp(zero))[:, None], head[:, 1:],
-                                 head[:, :1] + zero[:, None]], axis=1)
+            lp = np.concatenate([first[:, :1] + np.log1p(-np.exp(zero))[:, None], first[:, 1:],
+                                 first[:, :1] + zero[:, None]], axis=1)
+        why = [h.text if not np.isfinite(h.logprobs).all() else z.text for h, z in zip(head, zero_results)]
     out = []
     values = np.arange(1, 11, dtype=float)
-    for row in lp:
+    for result, row, reason in zip(head, lp, why):
         p = np.exp(row)
-        mass = float(np.nansum(p))
+        mass = float(np.sum(p))
         if not np.isfinite(p).all() or mass <= 0:
-            out.append({"expected": None, "std": None, "mass": None, "probs": None})
+            out.append(unscored(f"unreadable: {(reason or 'no score logprobs')[:200]}"))
             continue
         p = p / mass
         mean = float((p * values).sum())
-        out.append({"expected": mean, "std": float(np.sqrt((p * (values - mean) ** 2).sum())), "mass": mass,
-                    "probs": [round(float(x), 6) for x in p]})
+        out.append({"expected": mean, "std": float(np.sqrt((p * (values - mean) ** 2).sum())),
+                    "mass": None if result.renormalised else mass,
+                    "probs": [round(float(x), 6) for x in p], "note": None})
     return out
 
 
-class VLMJudge:
-    """Ray Data actor. In pairwise mode, for rows whose `judges` (comma-separated names) include this
-    judge and whose images were generated, reads `category`, `prompt`, `image_a`, `image_b` (PNG bytes)
-    and appends this judge's two votes (orders AB and BA) to `votes` (a JSON list). In score mode it
-    appends `{judge, side, expected, std, mass, probs}` per image to `scores`. Other rows pass through."""
+def _names(value: str | None) -> list[str]:
+    return (value or "").split(",")
 
-    input_columns = ("judges", "category", "prompt", "image_a", "image_b")
+
+class VLMJudge:
+    """Ray Data actor: one judge model, loaded once, serving both modes for the rows that name it.
+    Reads `category`, `prompt`, `image_a`, `image_b` (PNG bytes); rows without both images pass through.
+    - `judges` (comma-separated names) includes this judge: appends its two votes (orders AB and BA)
+      to `votes` (a JSON list);
+    - `score_judges` includes it: appends `{judge, side, expected, std, mass, probs, note}` for sides a
+      and b to `scores` (a JSON list)."""
+
+    input_columns = ("judges", "score_judges", "category", "prompt", "image_a", "image_b")
     output_columns = ("votes", "scores")
 
-    def __init__(self, name: str, cfg: dict, model_path: str, num_threads: int = 1, mode: str = "pairwise",
+    def __init__(self, name: str, cfg: dict, model_path: str, num_threads: int = 1, nonce: str | None = None,
                  backend=None):
-        """`backend`: an already-built backend to share (a notebook, a test) instead of loading the model."""
+        """`nonce`: the run's data-marker nonce (default: a fresh one); `backend`: an already-built backend to
+        share (a notebook, a test) instead of loading the model."""
         setup_worker(num_threads)
-        self.name, self.mode = name, mode
+        self.name, self.nonce = name, nonce or new_nonce()
         self.cfg = JudgeConfig.model_validate(cfg)
         self.backend = backend or make_backend(model_path, self.cfg)
 
-    def _rows(self, batch: pa.Table):
-        """(index, category, sanitized prompt, image a, image b) of the rows for this judge; rows with an
-        undecodable image are reported as (index, error)."""
-        judges, categories, prompts = column(batch, "judges"), column(batch, "category"), column(batch, "prompt")
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        votes = [json.loads(v) if v else [] for v in column(batch, "votes")]
+        scores = [json.loads(v) if v else [] for v in column(batch, "scores")]
+        judges, scorers = column(batch, "judges"), column(batch, "score_judges")
+        categories, prompts = column(batch, "category"), column(batch, "prompt")
         image_a, image_b = column(batch, "image_a"), column(batch, "image_b")
+        pair_requests, pair_slots, score_requests, score_slots = [], [], [], []
         for i in range(batch.num_rows):
-            if self.name not in (judges[i] or "").split(",") or image_a[i] is None or image_b[i] is None:
+            pairwise, score = self.name in _names(judges[i]), self.name in _names(scorers[i])
+            if not (pairwise or score) or image_a[i] is None or image_b[i] is None:
                 continue
             try:
                 a, b = decode_image(image_a[i]), decode_image(image_b[i])
             except ValueError as e:
-                yield i, f"bad image: {e}"
+                if pairwise:
+                    votes[i] += [abstention(self.name, o, f"bad image: {e}") for o in ("AB", "BA")]
+                if score:
+                    scores[i] += [{"judge": self.name, "side": s, **unscored(f"bad image: {e}")} for s in "ab"]
                 continue
             text = sanitize_untrusted(prompts[i], self.backend.special_tokens, self.cfg.max_prompt_chars)
-            yield i, (categories[i], text, a, b)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.pairwise(batch) if self.mode == "pairwise" else self.score(batch)
-
-    def pairwise(self, batch: pa.Table) -> pa.Table:
-        votes = [json.loads(v) if v else [] for v in column(batch, "votes")]
-        requests, slots = [], []
-        for i, item in self._rows(batch):
-            if isinstance(item, str):
-                votes[i] += [abstention(self.name, o, item) for o in ("AB", "BA")]
-                continue
-            category, text, a, b = item
-            messages = pairwise_messages(category, text)
-            for order, pair in (("AB", [a, b]), ("BA", [b, a])):
-                requests.append((messages, pair))
-                slots.append((i, order))
-        if requests:
-            for (i, order), result in zip(slots, self.backend.option_logprobs(requests, list(OPTIONS))):
+            if pairwise:
+                messages = pairwise_messages(categories[i], text, self.nonce)
+                pair_requests += [(messages, [a, b]), (messages, [b, a])]
+                pair_slots += [(i, "AB"), (i, "BA")]
+            if score:
+                messages = score_messages(categories[i], text, self.nonce)
+                score_requests += [(messages, [a]), (messages, [b])]
+                score_slots += [(i, "a"), (i, "b")]
+        if pair_requests:
+            for (i, order), result in zip(pair_slots, self.backend.option_logprobs(pair_requests, list(OPTIONS))):
                 votes[i].append(vote_from_result(self.name, order, result, self.cfg.min_option_mass))
-        return with_columns(batch, votes=pa.array([json.dumps(v) for v in votes], pa.string()))
-
-    def score(self, batch: pa.Table) -> pa.Table:
-        scores = [json.loads(v) if v else [] for v in column(batch, "scores")]
-        requests, slots = [], []
-        for i, item in self._rows(batch):
-            if isinstance(item, str):
-                continue
-            category, text, a, b = item
-            for side, image in (("a", a), ("b", b)):
-                requests.append((score_messages(category, text), [image]))
-                slots.append((i, side))
-        if requests:
-            for (i, side), dist in zip(slots, score_distribution(self.backend, requests)):
+        if score_requests:
+            for (i, side), dist in zip(score_slots, score_distribution(self.backend, score_requests)):
                 scores[i].append({"judge": self.name, "side": side, **dist})
-        return with_columns(batch, scores=pa.array([json.dumps(s) for s in scores], pa.string()))
+        return with_columns(batch, votes=pa.array([json.dumps(v) for v in votes], pa.string()),
+                            scores=pa.array([json.dumps(s) for s in scores], pa.string()))

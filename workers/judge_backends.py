@@ -5,16 +5,21 @@
 For each request (chat messages with image placeholders + the images, in order) it returns the
 log-probabilities, over the full vocabulary, of each single-token option at the answer position,
 after an optional answer `prefix` (score mode uses "1" to tell "1" from "10"). The answer is
-constrained to the options where the backend allows it; the log-probabilities are the raw ones.
+constrained to the options where the backend allows it.
 
 - `transformers`: the embedded CPU default; one batched forward pass, no generation loop.
 - `vllm`: a vLLM engine inside the Ray actor (the default wherever a GPU is); prefix caching
-  reuses the shared rubric prefix; `logprob_token_ids` returns exactly the option tokens.
+  reuses the shared rubric prefix; `allowed_token_ids` constrains the answer after the log-probabilities
+  are taken, and `logprob_token_ids` returns exactly the option tokens'.
 - `openai`: any OpenAI-compatible server (`vllm serve`, Ray Serve LLM); async HTTP with bounded
-  concurrency, retries with backoff and timeouts; options read from `top_logprobs`, or parsed from
-  the text when the server returns none. vLLM's server reports log-probabilities after its
-  guided-choice mask (renormalised over the options): the log-odds between options are exact, the
-  option mass is not observable there (`min_option_mass` has no effect).
+  concurrency, retries with backoff and timeouts. Without a prefix: vLLM's guided choice and the
+  options read from `top_logprobs` (or parsed from the text when the server returns none). vLLM applies
+  the guided-choice mask to the logits before it takes log-probabilities, so these come renormalised over
+  the options (`OptionResult.renormalised`): the differences between options are exact, their share of
+  the full distribution is not observable (`min_option_mass` cannot be used there). With a prefix
+  (P("0" | "1")), a mask would make the option certain; instead each option is appended to the prefix as
+  the start of the assistant's answer (`continue_final_message`) and its raw log-probability is read from
+  vLLM's `prompt_logprobs`, which are taken before any sampling constraint.
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class OptionResult:
     logprobs: np.ndarray          # (len(options),), NaN where the backend could not tell
-    text: str | None = None       # the answer text, when the backend generated one
+    text: str | None = None       # the answer text, when the backend generated one (or why it could not tell)
+    renormalised: bool = False    # possibly renormalised over the options (a guided-choice mask): mass unknown
 
 
 def single_token_id(tokenizer, text: str) -> int:
@@ -197,18 +203,48 @@ class OpenAIEndpoint:
         async with self.httpx.AsyncClient(timeout=self.cfg.timeout_s, headers=self.headers) as client:
             return await asyncio.gather(*(self._one(client, limit, r, options, prefix) for r in requests))
 
-    def _body(self, messages, images, options, prefix) -> dict:
-        body = {"model": self.model, "messages": openai_messages(messages, images), "max_tokens": 1,
-                "temperature": 0.0, "logprobs": True, "top_logprobs": 20,
-                "structured_outputs": {"choice": options}}  # vLLM's guided choice; other servers ignore it
-        if prefix:
-            body["messages"].append({"role": "assistant", "content": prefix})
-            body.update(continue_final_message=True, add_generation_prompt=False)
-        return body
+    def _chat(self, messages, images) -> dict:
+        return {"model": self.model, "messages": openai_messages(messages, images), "max_tokens": 1, "temperature": 0.0}
 
     async def _one(self, client, limit, request, options, prefix) -> OptionResult:
-        body = self._body(*request, options, prefix)
-        nan = np.full(len(options), math.nan)
+        if prefix:
+            return await self._continuations(client, limit, request, options, prefix)
+        body = {**self._chat(*request), "logprobs": True, "top_logprobs": 20,
+                "structured_outputs": {"choice": options}}  # vLLM's guided choice; other servers ignore it
+        data, error = await self._post(client, limit, body)
+        if data is None:
+            return OptionResult(np.full(len(options), math.nan), error)
+        return self._parse(data, options)
+
+    async def _continuations(self, client, limit, request, options, prefix) -> OptionResult:
+        """Raw log P(option | prefix) per option: the prompt log-probability of the option's token when the
+        assistant's answer is prefilled with prefix + option."""
+        logprobs, notes = [], []
+        for option in options:
+            body = {**self._chat(*request), "prompt_logprobs": 0, "continue_final_message": True,
+                    "add_generation_prompt": False}
+            body["messages"].append({"role": "assistant", "content": prefix + option})
+            data, error = await self._post(client, limit, body)
+            lp, note = (math.nan, error) if data is None else self._last_prompt_logprob(data, prefix, option)
+            logprobs.append(lp)
+            notes += [note] if note else []
+        return OptionResult(np.array(logprobs, dtype=float), "; ".join(notes) or None)
+
+    @staticmethod
+    def _last_prompt_logprob(data: dict, prefix: str, option: str) -> tuple[float, str | None]:
+        """The log-probability of the prompt's last token, which must be `option` right after `prefix`."""
+        try:
+            entries = [next(iter(e.values())) for e in data["prompt_logprobs"][-(len(prefix) + 1):] if e]
+            tokens = [e["decoded_token"] for e in entries]
+            logprob = float(entries[-1]["logprob"])
+        except (KeyError, IndexError, TypeError, StopIteration, AttributeError, ValueError):
+            return math.nan, f"no prompt_logprobs in the response (a vLLM server returns them): {str(data)[:160]}"
+        if tokens[-1] != option or not "".join(tokens[:-1]).endswith(prefix):
+            return math.nan, f"the server tokenizes {prefix + option!r} as {tokens!r}, not ending in {prefix!r} + {option!r}"
+        return logprob, None
+
+    async def _post(self, client, limit, body) -> tuple[dict | None, str | None]:
+        """The response's JSON, or None and why (retrying timeouts, 429 and 5xx with backoff)."""
         error = None
         for attempt in range(self.cfg.max_retries + 1):
             if attempt:
@@ -223,9 +259,9 @@ class OpenAIEndpoint:
                 error = f"HTTP {resp.status_code}"
                 continue
             if resp.status_code != 200:
-                return OptionResult(nan, f"HTTP {resp.status_code}: {resp.text[:200]}")
-            return self._parse(resp.json(), options)
-        return OptionResult(nan, f"endpoint failed after {self.cfg.max_retries + 1} attempts: {error}")
+                return None, f"HTTP {resp.status_code}: {resp.text[:200]}"
+            return resp.json(), None
+        return None, f"endpoint failed after {self.cfg.max_retries + 1} attempts: {error}"
 
     @staticmethod
     def _parse(data: dict, options: list[str]) -> OptionResult:
@@ -236,7 +272,7 @@ class OpenAIEndpoint:
         except (KeyError, IndexError, TypeError):
             return OptionResult(np.full(len(options), math.nan), f"unexpected response: {str(data)[:200]}")
         found = {t["token"]: t["logprob"] for t in (tops[0].get("top_logprobs") or [])} if tops else {}
-        return OptionResult(np.array([found.get(o, math.nan) for o in options], dtype=float), text)
+        return OptionResult(np.array([found.get(o, math.nan) for o in options], dtype=float), text, renormalised=True)
 
 
 BACKENDS = {"transformers": TransformersVLM, "vllm": VLLMEngine, "openai": OpenAIEndpoint}
