@@ -18,7 +18,7 @@ IMAGE_CATEGORIES = ("aesthetics", "alignment", "text_rendering", "human_quality"
 VIDEO_CATEGORIES = ("motion_quality", "visual_quality", "video_text_alignment")
 CATEGORIES = IMAGE_CATEGORIES + VIDEO_CATEGORIES
 LABEL_SOURCES = ("vlm_panel", "ocr", "construction", "inherited", "reward")
-UNDECIDED_REASONS = ("tie", "no_quorum", "all_abstained")
+UNDECIDED_REASONS = ("tie", "no_quorum", "conflict", "all_abstained")
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 GENERATOR = pa.struct([
