@@ -97,9 +97,12 @@ def compute_stats(out: str | Path) -> dict:
         report["totals"].update({k: c[k] for k in ("pairs", "undecided", "errors", "votes", "abstentions",
                                                     "judge_verdicts", "position_flips", "reward_checked",
                                                     "reward_consistent", "confidence_stored", "confidence_below_half")})
-        report["totals"].update(reasons[cat])
     t = report["totals"]
+    decisions = Counter()
+    for c in report["categories"].values():
+        decisions.update(c["decisions"])
     report["totals"] = dict(t, abstention_rate=rate(t["abstentions"], t["votes"]),
+                            decisions={k: decisions[k] for k in ("decided", *UNDECIDED_REASONS)},
                             confidence_below_half=rate(t["confidence_below_half"], t["confidence_stored"]),
                             position_bias_rate=rate(t["position_flips"], t["judge_verdicts"]),
                             reward_consistency=rate(t["reward_consistent"], t["reward_checked"]))
@@ -167,9 +170,9 @@ def format_stats(report: dict) -> str:
                      f"{d['all_abstained']:>10}{c['errors']:>7}{pct(c['abstention_rate']):>9}"
                      f"{pct(c['position_bias_rate']):>10}{conf:>7}{pct(c['confidence_below_half']):>8}")
     t = report["totals"]
-    lines.append(f"{'total':<16}{t['pairs']:>8}" + "".join(f"{t.get(r, 0):>{w}}" for r, w in (
-        ("tie", 6), ("conflict", 9), ("no_quorum", 9), ("all_abstained", 10))) + f"{t['errors']:>7}"
-        f"{'':>26}{pct(t['confidence_below_half']):>8}")
+    d = t["decisions"]
+    lines.append(f"{'total':<16}{d['decided']:>8}{d['tie']:>6}{d['conflict']:>9}{d['no_quorum']:>9}"
+                 f"{d['all_abstained']:>10}{t['errors']:>7}{'':>26}{pct(t['confidence_below_half']):>8}")
     for cat, c in report["categories"].items():
         if c["agreement_histogram"]:
             lines.append(f"  {cat} agreement: " + ", ".join(f"{k}: {v}" for k, v in c["agreement_histogram"].items()))

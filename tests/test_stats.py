@@ -84,6 +84,8 @@ def test_stats_count_decisions_by_outcome_and_flag_confidence_below_half(tmp_pat
     c = compute_stats(tmp_path)["categories"]["composition"]
     assert c["decisions"] == {"decided": 3, "tie": 2, "conflict": 1, "no_quorum": 1, "all_abstained": 0}
     assert c["mean_confidence"] == 0.6 and c["confidence_below_half"] == 0.5  # over the two that store one
+    totals = compute_stats(tmp_path)["totals"]
+    assert totals["decisions"] == c["decisions"] and totals["confidence_below_half"] == 0.5
 
     result = CliRunner().invoke(app, ["stats", str(tmp_path)])
     assert result.exit_code == 0
