@@ -21,7 +21,7 @@ The rule, for the judges that did not abstain:
 3. The count and S must name the same image; when they do not (two judges barely for a, one sure of
    b) the pair is undecided with reason "conflict", not a label that contradicts its own evidence.
 4. Decided: confidence = sigmoid(|S|), the panel's probability that the winner is better, always
-   > 0.5; agreement = the share of the voting judges that chose the winner.
+   >= 0.5 (> sigmoid(t)); agreement = the share of the voting judges that chose the winner.
 Undecided reasons, first that applies: all_abstained, tie (equal counts), no_quorum, tie (|S| <= t),
 conflict.
 """
@@ -91,7 +91,7 @@ class PanelLabel:
     winner: str | None         # "a" | "b" | None (undecided)
     reason: str | None         # why undecided: "tie" | "no_quorum" | "conflict" | "all_abstained"
     agreement: float | None    # share of judges with a verdict (a, b or tie) that chose the winner
-    confidence: float | None   # sigmoid(|pooled log-odds|): the winner's probability, > 0.5
+    confidence: float | None   # sigmoid(|pooled log-odds|): the winner's probability, >= 0.5
     pooled_log_odds_a: float | None  # sum of the voting judges' log-odds that a is better
     verdicts: tuple[JudgeVerdict, ...]
 

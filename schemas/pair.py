@@ -88,7 +88,7 @@ PAIR_FIELDS = _COMMON_HEAD + [
     ("label_source", pa.string()),
     ("votes", pa.list_(VOTE)),
     ("agreement", pa.float64()),      # share of the judges with a verdict that chose the winner
-    ("confidence", pa.float64()),     # panel probability that the winner is better (see pipelines/voting.py)
+    ("confidence", pa.float64()),     # the winner's probability, >= 0.5 (see pipelines/voting.py)
     ("rewards", pa.list_(REWARD)),
     ("reward_consistent", pa.bool_()),  # every reward model ranks the winner higher; null with < 2 rewards
     ("candidates", pa.list_(CANDIDATE)),  # best-of-N only: all N images with raw and calibrated rewards
