@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 
 from pipelines.calibration import pair_reward_consistency
 from pipelines.store import shard_files
+from schemas.pair import UNDECIDED_REASONS
 
 _COLUMNS = {
     "pairs": ["pair_id", "category", "label_source", "votes", "agreement", "confidence", "rewards", "generator_w",
@@ -60,7 +61,7 @@ def compute_stats(out: str | Path) -> dict:
     agreement: dict[str, Counter] = defaultdict(Counter)
     reasons: dict[str, Counter] = defaultdict(Counter)
     sources: dict[str, Counter] = defaultdict(Counter)
-    confidence_sum: Counter = Counter()
+    confidence_sum: Counter = Counter()  # over the pairs that store a confidence (panel, construction)
     reward_right: dict[str, Counter] = defaultdict(Counter)
     games: list[tuple[str, str, str, str]] = []  # (pair_id, category, winner generator, loser generator)
     for row in _iter_rows(out, "pairs"):
@@ -78,6 +79,8 @@ def compute_stats(out: str | Path) -> dict:
             agreement[row["category"]][f"{row['agreement']:.2f}"] += 1
         if row["confidence"] is not None:
             confidence_sum[row["category"]] += row["confidence"]
+            c["confidence_stored"] += 1
+            c["confidence_below_half"] += row["confidence"] < 0.5  # a label against its own evidence
         _vote_counters(row["votes"] or [], c)
         _score_counters(row.get("scores") or [], c)
         for r in row["rewards"] or []:
@@ -100,8 +103,10 @@ def compute_stats(out: str | Path) -> dict:
         report["categories"][cat] = {
             "pairs": c["pairs"], "undecided": c["undecided"], "errors": c["errors"],
             "undecided_reasons": dict(reasons[cat]), "label_sources": dict(sources[cat]),
+            "decisions": {"decided": c["pairs"], **{r: reasons[cat][r] for r in UNDECIDED_REASONS}},
             "agreement_histogram": dict(sorted(agreement[cat].items())),
-            "mean_confidence": rate(confidence_sum[cat], c["pairs"]),
+            "mean_confidence": rate(confidence_sum[cat], c["confidence_stored"]),
+            "confidence_below_half": rate(c["confidence_below_half"], c["confidence_stored"]),
             "votes": c["votes"], "abstentions": c["abstentions"], "abstention_rate": rate(c["abstentions"], c["votes"]),
             "judge_verdicts": c["judge_verdicts"], "position_flips": c["position_flips"],
             "position_bias_rate": rate(c["position_flips"], c["judge_verdicts"]),
@@ -114,9 +119,14 @@ def compute_stats(out: str | Path) -> dict:
         }
         report["totals"].update({k: c[k] for k in ("pairs", "undecided", "errors", "votes", "abstentions",
                                                     "judge_verdicts", "position_flips", "reward_checked",
-                                                    "reward_consistent")})
+                                                    "reward_consistent", "confidence_stored", "confidence_below_half")})
     t = report["totals"]
+    decisions = Counter()
+    for c in report["categories"].values():
+        decisions.update(c["decisions"])
     report["totals"] = dict(t, abstention_rate=rate(t["abstentions"], t["votes"]),
+                            decisions={k: decisions[k] for k in ("decided", *UNDECIDED_REASONS)},
+                            confidence_below_half=rate(t["confidence_below_half"], t["confidence_stored"]),
                             position_bias_rate=rate(t["position_flips"], t["judge_verdicts"]),
                             reward_consistency=rate(t["reward_consistent"], t["reward_checked"]))
     report["arena"] = arena_report(out, games)
@@ -168,19 +178,27 @@ def arena_report(out: Path, games: list[tuple[str, str, str, str]]) -> dict | No
 
 
 def format_stats(report: dict) -> str:
-    lines = [f"{'category':<16}{'pairs':>7}{'undec.':>8}{'errors':>8}{'abstain':>9}{'pos.bias':>10}{'conf.':>8}"]
+    def pct(x):
+        return "-" if x is None else f"{x:.1%}"
+
+    # decided = pairs; tie / conflict / no_quorum / all_abstained = undecided by reason; conf. = mean
+    # confidence of the pairs that store one; conf<.5 = share of them below 0.5 (always 0: a label's
+    # confidence is its winner's probability).
+    lines = [f"{'category':<16}{'decided':>8}{'tie':>6}{'conflict':>9}{'no_quor.':>9}{'all_abst.':>10}{'errors':>7}"
+             f"{'abstain':>9}{'pos.bias':>10}{'conf.':>7}{'conf<.5':>8}"]
     for cat, c in report["categories"].items():
-        ab = "-" if c["abstention_rate"] is None else f"{c['abstention_rate']:.1%}"
-        pb = "-" if c["position_bias_rate"] is None else f"{c['position_bias_rate']:.1%}"
+        d = c["decisions"]
         conf = "-" if c["mean_confidence"] is None else f"{c['mean_confidence']:.3f}"
-        lines.append(f"{cat:<16}{c['pairs']:>7}{c['undecided']:>8}{c['errors']:>8}{ab:>9}{pb:>10}{conf:>8}")
+        lines.append(f"{cat:<16}{d['decided']:>8}{d['tie']:>6}{d['conflict']:>9}{d['no_quorum']:>9}"
+                     f"{d['all_abstained']:>10}{c['errors']:>7}{pct(c['abstention_rate']):>9}"
+                     f"{pct(c['position_bias_rate']):>10}{conf:>7}{pct(c['confidence_below_half']):>8}")
     t = report["totals"]
-    lines.append(f"{'total':<16}{t['pairs']:>7}{t['undecided']:>8}{t['errors']:>8}")
+    d = t["decisions"]
+    lines.append(f"{'total':<16}{d['decided']:>8}{d['tie']:>6}{d['conflict']:>9}{d['no_quorum']:>9}"
+                 f"{d['all_abstained']:>10}{t['errors']:>7}{'':>26}{pct(t['confidence_below_half']):>8}")
     for cat, c in report["categories"].items():
         if c["agreement_histogram"]:
             lines.append(f"  {cat} agreement: " + ", ".join(f"{k}: {v}" for k, v in c["agreement_histogram"].items()))
-        if c["undecided_reasons"]:
-            lines.append(f"  {cat} undecided: " + ", ".join(f"{k}: {v}" for k, v in c["undecided_reasons"].items()))
         if c["scores"]:
             sc = c["scores"]
             lines.append(f"  {cat} scores: winners {sc['mean_expected_w']:.2f} vs losers {sc['mean_expected_l']:.2f}, "

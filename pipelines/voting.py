@@ -1,15 +1,29 @@
-"""From judge votes to a label: order-averaged per-judge preferences, then a panel majority.
+"""From judge votes to a label: the count of judges decides, the pooled evidence must agree.
 
 Per judge, each order gives the log-odds that image a is better, from the two option log-probs:
 log P(A) - log P(B) when a is shown first ("AB"), log P(B) - log P(A) when it is shown second
 ("BA"). Their mean cancels a pure position bias exactly: a judge that always prefers "A" by the same
 margin scores +m and -m, so 0, no preference. A judge needs both orders; if either abstained, the
-judge abstains. Its probability that a is better is p_a = sigmoid(mean log-odds).
+judge abstains. An answer read from text alone (a server that returned no option log-probabilities)
+stands for probability `text_vote_p` (a panel setting): log-odds +/-logit(text_vote_p), so its weight
+is stated, not an accident of a constant. A panel's `logit_scale` multiplies a judge's log-prob
+log-odds (temperature scaling), to temper an over-confident judge before it is pooled.
 
-The panel picks image a or b when at least `quorum` judges prefer it and more prefer it than the
-other; otherwise the pair is undecided (tie, no_quorum, all_abstained) and written as such.
-Confidence treats judges as independent evidence (a product of experts): sigmoid of the sum of the
-judges' log-odds for the winner. A unanimous panel is therefore at least as confident as each judge.
+The tie threshold t = logit(0.5 + tie_margin): `tie_margin` is on the probability scale and the same
+t applies to each judge and to the pooled evidence. A judge's verdict is "a" if its log-odds L > t,
+"b" if L < -t, else "tie".
+
+The rule, for the judges that did not abstain:
+1. Count (ViPO's majority vote): the image more judges prefer, with at least `quorum` of them. A
+   count is robust to one over-confident judge, which a sum of log-odds is not.
+2. Pooled evidence: S = the sum of their log-odds (judges as independent evidence, a product of
+   experts). |S| <= t is a tie: the panel as a whole has no preference, whatever the count.
+3. The count and S must name the same image; when they do not (two judges barely for a, one sure of
+   b) the pair is undecided with reason "conflict", not a label that contradicts its own evidence.
+4. Decided: confidence = sigmoid(|S|), the panel's probability that the winner is better, always
+   >= 0.5 (> sigmoid(t)); agreement = the share of the voting judges that chose the winner.
+Undecided reasons, first that applies: all_abstained, tie (equal counts), no_quorum, tie (|S| <= t),
+conflict.
 """
 
 from __future__ import annotations
@@ -21,21 +35,31 @@ from dataclasses import dataclass
 from pipelines.records import Label
 from schemas.config import PanelConfig
 
-TEXT_VOTE_LOG_ODDS = 1.0
+TIE_MARGIN = PanelConfig.model_fields["tie_margin"].default
+TEXT_VOTE_P = PanelConfig.model_fields["text_vote_p"].default
 
 
-def _option_log_odds_a(vote: dict) -> float | None:
-    """log P(option "A") - log P(option "B"); a choice read from text alone (a server that returned no
-    option log-probabilities) counts as +/-TEXT_VOTE_LOG_ODDS; None for an abstention."""
-    if vote.get("choice") is None:
-        return None
-    if vote.get("logprob_a") is None or vote.get("logprob_b") is None:
-        return TEXT_VOTE_LOG_ODDS if vote["choice"] == "A" else -TEXT_VOTE_LOG_ODDS
-    return vote["logprob_a"] - vote["logprob_b"]
+def logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
 
 
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(min(x, 700.0), -700.0)))
+
+
+def tie_threshold(tie_margin: float) -> float:
+    """The log-odds t with |L| <= t a tie: a probability within `tie_margin` of 0.5."""
+    return logit(0.5 + tie_margin)
+
+
+def _option_log_odds_a(vote: dict, text_log_odds: float, scale: float) -> float | None:
+    """log P(option "A") - log P(option "B"), times `scale`; a choice read from text alone counts as
+    +/-text_log_odds; None for an abstention."""
+    if vote.get("choice") is None:
+        return None
+    if vote.get("logprob_a") is None or vote.get("logprob_b") is None:
+        return text_log_odds if vote["choice"] == "A" else -text_log_odds
+    return scale * (vote["logprob_a"] - vote["logprob_b"])
 
 
 @dataclass(frozen=True)
@@ -47,53 +71,59 @@ class JudgeVerdict:
     position_flip: bool        # both orders named the same letter (the choice followed the position)
 
 
-def judge_verdict(judge: str, votes: list[dict], tie_margin: float = 0.0) -> JudgeVerdict:
+def judge_verdict(judge: str, votes: list[dict], tie_margin: float = TIE_MARGIN,
+                  text_vote_p: float = TEXT_VOTE_P, scale: float = 1.0) -> JudgeVerdict:
     by_order = {v["order"]: v for v in votes if v["judge"] == judge}
     ab, ba = by_order.get("AB"), by_order.get("BA")
-    lo_ab = _option_log_odds_a(ab) if ab else None
-    lo_ba = _option_log_odds_a(ba) if ba else None
+    text = logit(text_vote_p)
+    lo_ab = _option_log_odds_a(ab, text, scale) if ab else None
+    lo_ba = _option_log_odds_a(ba, text, scale) if ba else None
     if lo_ab is None or lo_ba is None:
         return JudgeVerdict(judge, None, None, "abstain", False)
     log_odds = 0.5 * (lo_ab - lo_ba)  # in order BA, image a is option "B"
-    p_a = _sigmoid(log_odds)
-    if log_odds == 0.0:
-        verdict = "tie"
-    elif p_a > 0.5 + tie_margin:
-        verdict = "a"
-    elif p_a < 0.5 - tie_margin:
-        verdict = "b"
-    else:
-        verdict = "tie"
-    return JudgeVerdict(judge, log_odds, p_a, verdict, ab["choice"] == ba["choice"])
+    t = tie_threshold(tie_margin)
+    verdict = "a" if log_odds > t else "b" if log_odds < -t else "tie"
+    return JudgeVerdict(judge, log_odds, _sigmoid(log_odds), verdict, ab["choice"] == ba["choice"])
 
 
 @dataclass(frozen=True)
 class PanelLabel:
     winner: str | None         # "a" | "b" | None (undecided)
-    reason: str | None         # why undecided: "tie" | "no_quorum" | "all_abstained"
+    reason: str | None         # why undecided: "tie" | "no_quorum" | "conflict" | "all_abstained"
     agreement: float | None    # share of judges with a verdict (a, b or tie) that chose the winner
-    confidence: float | None   # sigmoid(sum of the judges' log-odds for the winner)
+    confidence: float | None   # sigmoid(|pooled log-odds|): the winner's probability, >= 0.5
+    pooled_log_odds_a: float | None  # sum of the voting judges' log-odds that a is better
     verdicts: tuple[JudgeVerdict, ...]
 
 
-def panel_label(votes: list[dict], judges: list[str], quorum: int, tie_margin: float = 0.0) -> PanelLabel:
-    verdicts = tuple(judge_verdict(j, votes, tie_margin) for j in judges)
+def panel_label(votes: list[dict], judges: list[str], quorum: int, tie_margin: float = TIE_MARGIN,
+                text_vote_p: float = TEXT_VOTE_P, logit_scale: dict[str, float] | None = None) -> PanelLabel:
+    scales = logit_scale or {}
+    verdicts = tuple(judge_verdict(j, votes, tie_margin, text_vote_p, scales.get(j, 1.0)) for j in judges)
     voting = [v for v in verdicts if v.verdict != "abstain"]
     if not voting:
-        return PanelLabel(None, "all_abstained", None, None, verdicts)
+        return PanelLabel(None, "all_abstained", None, None, None, verdicts)
+    pooled = math.fsum(v.log_odds_a for v in voting)
+
+    def undecided(reason: str) -> PanelLabel:
+        return PanelLabel(None, reason, None, None, pooled, verdicts)
+
     n_a = sum(v.verdict == "a" for v in voting)
     n_b = sum(v.verdict == "b" for v in voting)
     if n_a == n_b:
-        return PanelLabel(None, "tie", None, None, verdicts)
+        return undecided("tie")
     winner, n_win = ("a", n_a) if n_a > n_b else ("b", n_b)
     if n_win < quorum:
-        return PanelLabel(None, "no_quorum", None, None, verdicts)
-    log_odds = sum(v.log_odds_a for v in voting)
-    confidence = _sigmoid(log_odds if winner == "a" else -log_odds)
-    return PanelLabel(winner, None, n_win / len(voting), confidence, verdicts)
+        return undecided("no_quorum")
+    if abs(pooled) <= tie_threshold(tie_margin):
+        return undecided("tie")
+    if (pooled > 0) != (winner == "a"):
+        return undecided("conflict")
+    return PanelLabel(winner, None, n_win / len(voting), _sigmoid(abs(pooled)), pooled, verdicts)
 
 
 def panel_decision(row: dict, panel: PanelConfig) -> Label:
     """The label pipelines.records.build_records stores: the panel's verdict on the row's `votes` JSON."""
-    label = panel_label(json.loads(row.get("votes") or "[]"), panel.judges, panel.quorum, panel.tie_margin)
+    label = panel_label(json.loads(row.get("votes") or "[]"), panel.judges, panel.quorum, panel.tie_margin,
+                        panel.text_vote_p, panel.logit_scale)
     return Label(label.winner, "vlm_panel", label.reason, label.agreement, label.confidence)

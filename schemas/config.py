@@ -94,16 +94,34 @@ class JudgeConfig(Strict):
 
 
 class PanelConfig(Strict):
+    """How a panel's votes become a label: the rule is in pipelines/voting.py (and the README)."""
+
     judges: list[str] = Field(min_length=1)
     quorum: int = Field(2, ge=1, description="judges that must pick the same image for it to win")
     tie_margin: float = Field(
-        0.0, ge=0, lt=0.5,
-        description="a judge whose order-averaged P(a better) is within this of 0.5 counts as a tie")
+        0.025, ge=0, lt=0.5,
+        description="probability scale: a judge's, or the pooled panel's, P(a better) within this of 0.5 is a tie "
+                    "(0.025: |log-odds| <= 0.1)")
+    text_vote_p: float = Field(
+        0.6, gt=0.5, lt=1,
+        description="the probability that an answer read from text alone (no option log-probabilities) stands for, "
+                    "per order: log-odds +/-logit(text_vote_p)")
+    logit_scale: dict[str, float] = Field(
+        {}, description="judge -> factor on its log-prob log-odds before the verdict and the pooled sum (temperature "
+                        "scaling, 1/T; default 1): < 1 tempers an over-confident judge")
 
     @model_validator(mode="after")
     def _quorum_fits(self):
         if self.quorum > len(self.judges):
             raise ValueError(f"quorum {self.quorum} exceeds the panel size {len(self.judges)}")
+        if self.text_vote_p - 0.5 <= self.tie_margin:
+            raise ValueError(f"text_vote_p {self.text_vote_p} is within tie_margin {self.tie_margin} of 0.5: an answer "
+                             "read from text could never count; raise text_vote_p or lower tie_margin")
+        unknown = sorted(set(self.logit_scale) - set(self.judges))
+        if unknown:
+            raise ValueError(f"logit_scale names {', '.join(unknown)}, not in this panel's judges {self.judges}")
+        if any(s <= 0 for s in self.logit_scale.values()):
+            raise ValueError("logit_scale factors must be > 0 (a negative factor would flip a judge's preference)")
         return self
 
 

@@ -18,7 +18,7 @@ IMAGE_CATEGORIES = ("aesthetics", "alignment", "text_rendering", "human_quality"
 VIDEO_CATEGORIES = ("motion_quality", "visual_quality", "video_text_alignment")
 CATEGORIES = IMAGE_CATEGORIES + VIDEO_CATEGORIES
 LABEL_SOURCES = ("vlm_panel", "ocr", "construction", "inherited", "reward")
-UNDECIDED_REASONS = ("tie", "no_quorum", "all_abstained")
+UNDECIDED_REASONS = ("tie", "no_quorum", "conflict", "all_abstained")
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 GENERATOR = pa.struct([
@@ -98,7 +98,7 @@ PAIR_FIELDS = _COMMON_HEAD + [
     ("label_source", pa.string()),
     ("votes", pa.list_(VOTE)),
     ("agreement", pa.float64()),      # share of the judges with a verdict that chose the winner
-    ("confidence", pa.float64()),     # panel probability that the winner is better (see pipelines/voting.py)
+    ("confidence", pa.float64()),     # the winner's probability, >= 0.5 (see pipelines/voting.py)
     ("rewards", pa.list_(REWARD)),
     ("reward_consistent", pa.bool_()),  # every reward model ranks the winner higher; null with < 2 rewards
     ("candidates", pa.list_(CANDIDATE)),  # best-of-N only: all N images with raw and calibrated rewards

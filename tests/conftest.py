@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import small_run_config
+from helpers import DECISIVE_PANELS, small_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,10 +54,11 @@ def ray_session(tiny_kit):
 
 @pytest.fixture(scope="module")
 def composition_run(ray_session, tmp_path_factory):
-    """One real composition run on 8 prompts (shared by the tests that read its output)."""
+    """One real composition run on 8 prompts (shared by the tests that read its output), with judges whose
+    evidence is large enough to decide (helpers.DECISIVE_PANELS)."""
     from pipelines.run import run
 
     tmp = tmp_path_factory.mktemp("composition")
-    cfg = small_run_config(tmp)
+    cfg = small_run_config(tmp, overrides=DECISIVE_PANELS)
     report = run(cfg)
     return cfg, Path(cfg.output.path), report

@@ -19,6 +19,13 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
+# The tiny judges' real, image-dependent preferences (order-averaged log-odds) are ~1e-3 nats, under the
+# default tie margin (0.1 nats): the demo's panel pairs are ties. Tests that need decided panel pairs scale
+# them (the panels' `logit_scale`, temperature scaling) to the size a real judge's are, ~0.4-1.5 nats.
+DECISIVE_PANELS = {("panels", "main", "logit_scale"): {"qwen2-vl-a": 1000.0, "qwen2.5-vl-b": 1000.0, "qwen2-vl-c": 1000.0},
+                   ("panels", "anatomy", "logit_scale"): {"qwen2-vl-a": 1000.0}}
+
+
 def small_run_config(tmp_path: Path, n_prompts: int = 8, overrides: dict | None = None,
                      categories: tuple[str, ...] = ("composition",), **dotted):
     """The demo config restricted to `categories`, pointed at the first `n_prompts` prompts of each of them

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import small_run_config
+from helpers import DECISIVE_PANELS, small_run_config
 from PIL import Image
 
 from pipelines.run import run
@@ -33,7 +33,7 @@ def five_categories(ray_session, tmp_path_factory):
     }), tmp / "gallery" / "part-0.parquet")
     gallery = {"path": str(tmp / "gallery"), "source": "gallery", "format": "parquet", "text_field": "caption",
                "category_field": None, "image_field": "image"}
-    cfg = small_run_config(tmp, n_prompts=3, categories=IMAGE_CATEGORIES, overrides={
+    cfg = small_run_config(tmp, n_prompts=3, categories=IMAGE_CATEGORIES, overrides={**DECISIVE_PANELS,
         ("prompts",): [{"path": str(tmp / "prompts.jsonl"), "source": "test"}, gallery],
         ("categories", "aesthetics", "sources"): ["gallery"],
         ("categories", "aesthetics", "existing_images"): True,
@@ -122,3 +122,36 @@ def test_balance_reports_distance_to_target(five_categories, tmp_path):
     (out / "manifest.json").write_text(json.dumps(manifest))
     balance = compute_stats(out)["balance"]["composition"]
     assert balance["target"] == 100 and balance["missing"] == 100 - balance["pairs"]
+
+
+def test_stats_count_each_outcome_per_category_and_no_label_contradicts_its_evidence(five_categories):
+    import math
+    from collections import Counter
+
+    from pipelines.stats import compute_stats
+
+    cfg, out, _, rows = five_categories
+    report = compute_stats(out)
+    for cat in IMAGE_CATEGORIES:
+        reasons = Counter(r["reason"] for r in rows["undecided"] if r["category"] == cat)
+        decided = [r for r in rows["pairs"] if r["category"] == cat]
+        stats = report["categories"][cat]
+        assert stats["decisions"] == {"decided": len(decided), "tie": reasons["tie"], "conflict": reasons["conflict"],
+                                      "no_quorum": reasons["no_quorum"], "all_abstained": reasons["all_abstained"]}
+        assert stats["confidence_below_half"] in (0.0, None)
+        confident = [r["confidence"] for r in decided if r["confidence"] is not None]
+        assert stats["mean_confidence"] == (round(sum(confident) / len(confident), 4) if confident else None)
+    assert report["totals"]["confidence_below_half"] == 0.0
+    # Every panel label against its votes, re-derived here: the pooled order-averaged log-odds point at
+    # the winner, and the confidence is their sigmoid.
+    panel_pairs = [r for r in rows["pairs"] if r["label_source"] == "vlm_panel"]
+    assert panel_pairs
+    for r in panel_pairs:
+        scale = cfg.panels[cfg.categories[r["category"]].panel].logit_scale
+        lo = {(v["judge"], v["order"]): scale[v["judge"]] * (v["logprob_a"] - v["logprob_b"]) for v in r["votes"]}
+        pooled = sum(0.5 * (lo[j, "AB"] - lo[j, "BA"]) for j in {j for j, _ in lo})  # for image a
+        assert r["confidence"] == pytest.approx(1 / (1 + math.exp(-abs(pooled))), rel=1e-9) and r["confidence"] > 0.5
+        ccfg = cfg.categories[r["category"]]
+        if r["category"] != "text_rendering":  # a pool drawn per prompt there; elsewhere side a is known
+            side_a = "existing" if ccfg.existing_images else ccfg.generators[0]
+            assert (pooled > 0) == (r["generator_w"]["name"] == side_a)

@@ -34,7 +34,7 @@ def test_every_prompt_becomes_a_labelled_pair(composition_run):
     for row in pairs:
         assert row["category"] == "composition" and row["label_source"] == "vlm_panel"
         assert sorted((v["judge"], v["order"]) for v in row["votes"]) == sorted((j, o) for j in judges for o in ("AB", "BA"))
-        assert 0.5 <= row["agreement"] <= 1.0 and 0.0 <= row["confidence"] <= 1.0
+        assert 0.5 <= row["agreement"] <= 1.0 and 0.5 <= row["confidence"] <= 1.0
         assert {row["generator_w"]["name"], row["generator_l"]["name"]} == {"sd", "flux"}
         assert row["generator_w"]["seed"] == row["generator_l"]["seed"]
         assert [r["model"] for r in row["rewards"]] == cfg.categories["composition"].rewards

@@ -67,3 +67,28 @@ def test_arena_ranks_generators_per_category_and_writes_every_pairs_gap(tmp_path
         assert board["leaderboard"][0]["low"] > 0  # 27 of 30: sure of it
     gaps = pq.read_table(tmp_path / "arena" / "gaps.parquet").to_pylist()
     assert len(gaps) == 60 and all(g["gap"] > 0 for g in gaps)
+
+
+def test_stats_count_decisions_by_outcome_and_flag_confidence_below_half(tmp_path):
+    img = {"bytes": b"x", "path": None}
+    votes = [v("j1", "AB", "A"), v("j1", "BA", "B")]
+    pair = {"prompt_id": "1", "image_w": img, "image_l": img, "label_source": "vlm_panel", "agreement": 1.0, "votes": votes}
+    write(tmp_path, "pairs", pair_schema(), [
+        {**pair, "pair_id": "1", "confidence": 0.9},
+        {**pair, "pair_id": "2", "confidence": 0.3},  # a shard from a labeler that stored the loser's probability
+        {**pair, "pair_id": "3", "label_source": "ocr", "confidence": None},  # OCR labels carry no probability
+    ])
+    write(tmp_path, "undecided", undecided_schema(), [
+        {"pair_id": f"u{i}", "prompt_id": "2", "image_a": img, "image_b": img, "reason": reason, "votes": votes}
+        for i, reason in enumerate(["tie", "tie", "conflict", "no_quorum"])])
+    c = compute_stats(tmp_path)["categories"]["composition"]
+    assert c["decisions"] == {"decided": 3, "tie": 2, "conflict": 1, "no_quorum": 1, "all_abstained": 0}
+    assert c["mean_confidence"] == 0.6 and c["confidence_below_half"] == 0.5  # over the two that store one
+    totals = compute_stats(tmp_path)["totals"]
+    assert totals["decisions"] == c["decisions"] and totals["confidence_below_half"] == 0.5
+
+    result = CliRunner().invoke(app, ["stats", str(tmp_path)])
+    assert result.exit_code == 0
+    header, row = result.output.splitlines()[:2]
+    assert header.split()[:6] == ["category", "decided", "tie", "conflict", "no_quor.", "all_abst."]
+    assert row.split()[:6] == ["composition", "3", "2", "1", "1", "0"] and row.split()[-2:] == ["0.600", "50.0%"]
