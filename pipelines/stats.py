@@ -16,21 +16,30 @@ import pyarrow.parquet as pq
 
 from pipelines.store import TMP_PREFIX, shard_files
 
+_GENERATORS = ["generator_w.name", "generator_w.model", "generator_l.name", "generator_l.model"]  # the Arena's
 _COLUMNS = {
-    "pairs": ["category", "label_source", "votes", "agreement", "confidence", "rewards"],
+    "pairs": ["category", "label_source", "votes", "agreement", "confidence", "rewards", *_GENERATORS],
     "undecided": ["category", "reason", "votes"],
     "errors": ["category"],
 }
-_ARENA_COLUMNS = ["pair_id", "category", "generator_w", "generator_l"]
 GAP_SCHEMA = pa.schema([("pair_id", pa.string()), ("category", pa.string()), ("winner", pa.string()),
                         ("loser", pa.string()), ("gap", pa.float64())])
 _BATCH = 65_536
 
 
 def _batches(files: list[Path], columns: list[str]):
+    """Tables of about _BATCH rows: large shards are read in parts, small ones (a run writes 1,000-row
+    shards) together, so that the per-batch work is amortised."""
+    pending, rows = [], 0
     for f in files:
         for batch in pq.ParquetFile(f).iter_batches(columns=columns, batch_size=_BATCH):
-            yield pa.Table.from_batches([batch])
+            if pending and (rows + batch.num_rows > _BATCH or batch.schema != pending[0].schema):
+                yield pa.Table.from_batches(pending)
+                pending, rows = [], 0
+            pending.append(batch)
+            rows += batch.num_rows
+    if pending:
+        yield pa.Table.from_batches(pending)
 
 
 def _tables(out: Path, kind: str):
@@ -93,7 +102,9 @@ def compute_stats(out: str | Path) -> dict:
     sources: dict[str, Counter] = defaultdict(Counter)
     confidence_sum: Counter = Counter()
     reward_right: dict[str, Counter] = defaultdict(Counter)
-    for t in _tables(out, "pairs"):
+    wins: Counter = Counter()  # the Arena's data: pairs per (category, winner, loser)
+    pair_files = shard_files(out, "pairs")  # listed once: the Arena's gap pass reads these same shards
+    for t in _batches(pair_files, _COLUMNS["pairs"]):
         for g in _grouped(t, ["category", "label_source"]):
             cats[g["category"]]["pairs"] += g["count_all"]
             sources[g["category"]][g["label_source"]] += g["count_all"]
@@ -104,6 +115,8 @@ def compute_stats(out: str | Path) -> dict:
             confidence_sum[g["category"]] += g["confidence_sum"] or 0.0
         _vote_counters(t, cats)
         _reward_counters(t, cats, reward_right)
+        for g in _grouped(_arena_games(t, "category"), ["category", "winner", "loser"]):
+            wins[g["category"], g["winner"], g["loser"]] += g["count_all"]
     for t in _tables(out, "undecided"):
         for g in _grouped(t, ["category", "reason"]):
             cats[g["category"]]["undecided"] += g["count_all"]
@@ -136,7 +149,7 @@ def compute_stats(out: str | Path) -> dict:
     report["totals"] = dict(t, abstention_rate=rate(t["abstentions"], t["votes"]),
                             position_bias_rate=rate(t["position_flips"], t["judge_verdicts"]),
                             reward_consistency=rate(t["reward_consistent"], t["reward_checked"]))
-    report["arena"] = arena_report(out)
+    report["arena"] = arena_report(out, pair_files, wins)
     report["rewards"] = {m: {"pairs": c["pairs"], "agrees_with_label": rate(c["agrees_with_label"], c["pairs"])}
                          for m, c in sorted(reward_right.items())}
     manifest = out / "manifest.json"
@@ -160,25 +173,21 @@ def _participant(table: pa.Table, side: str) -> pa.ChunkedArray:
     return pc.if_else(pc.equal(name, "existing"), pc.binary_join_element_wise("existing:", model, ""), name)
 
 
-def _arena_games(table: pa.Table) -> pa.Table:
-    """pair_id, category, winner, loser of the pairs whose two sides both name a generator."""
-    games = pa.table({"pair_id": table["pair_id"], "category": table["category"],
+def _arena_games(table: pa.Table, *keep: str) -> pa.Table:
+    """The `keep` columns, winner and loser of the pairs whose two sides both name a generator."""
+    games = pa.table({**{c: table[c] for c in keep},
                       "winner": _participant(table, "generator_w"), "loser": _participant(table, "generator_l")})
     return games.filter(pc.and_(pc.is_valid(games["winner"]), pc.is_valid(games["loser"])))
 
 
-def arena_report(out: Path) -> dict | None:
-    """Fit the Arena (pipelines/arena.py) from win counts per (category, winner, loser), one pass over the
-    pairs; in a second pass write every such pair's expected quality gap, same-generator pairs included, to
-    OUT/arena/gaps.parquet (the trainer's `data.gap_file`), batch by batch. Returns the leaderboard with 95%
-    posterior intervals of mu and capability spreads, the win-rate matrix and one leaderboard per category."""
+def arena_report(out: Path, files: list[Path], wins: Counter) -> dict | None:
+    """Fit the Arena (pipelines/arena.py) from `wins`, the pair count per (category, winner, loser) that the
+    stats pass counted in `files`; then read those files again and write every such pair's expected quality
+    gap, same-generator pairs included, to OUT/arena/gaps.parquet (the trainer's `data.gap_file`), batch by
+    batch. Returns the leaderboard with 95% posterior intervals of mu and capability spreads, the win-rate
+    matrix and one leaderboard per category."""
     from pipelines.arena import MIN_GENERATORS_FOR_SPREADS, fit_arena, gap_matrix, leaderboard
 
-    files = shard_files(out, "pairs")  # one listing for both passes: shards a running job adds meanwhile wait
-    wins: Counter = Counter()
-    for t in _batches(files, _ARENA_COLUMNS):
-        for g in _grouped(_arena_games(t), ["category", "winner", "loser"]):
-            wins[g["category"], g["winner"], g["loser"]] += g["count_all"]
     if not wins:
         return None
     overall: Counter = Counter()
@@ -209,8 +218,8 @@ def _write_gaps(path: Path, files: list[Path], names: list[str], gaps: np.ndarra
     index, rows = pa.array(names), 0
     try:
         with pq.ParquetWriter(tmp, GAP_SCHEMA, compression="zstd") as writer:
-            for t in _batches(files, _ARENA_COLUMNS):
-                games = _arena_games(t)
+            for t in _batches(files, ["pair_id", "category", *_GENERATORS]):
+                games = _arena_games(t, "pair_id", "category")
                 w = pc.index_in(games["winner"], value_set=index).to_numpy()
                 lo = pc.index_in(games["loser"], value_set=index).to_numpy()
                 writer.write_table(games.append_column("gap", pa.array(gaps[w, lo])).cast(GAP_SCHEMA))
