@@ -88,7 +88,10 @@ def fit_arena(wins: Mapping[tuple[str, str], int], prior_sd: float = 1.0,
             grad.append(grad_u - grad_u.mean() + z / spread_prior_sd**2)
         return value / total, np.concatenate(grad) / total
 
-    theta = optimize.minimize(neg_log_post, np.zeros(2 * k if spreads else k), jac=True, method="L-BFGS-B",
+    # Bounds keep a one-sided record (a generator that won every game) from sending mu or a spread off to
+    # infinity: 20 prior sds of mu, a spread within a factor e^3 of the common one.
+    bounds = [(-20 * prior_sd, 20 * prior_sd)] * k + [(-3.0, 3.0)] * (k if spreads else 0)
+    theta = optimize.minimize(neg_log_post, np.zeros(len(bounds)), jac=True, method="L-BFGS-B", bounds=bounds,
                               options={"gtol": 1e-10, "ftol": 1e-15, "maxiter": 10_000}).x
     hess = optimize.approx_fprime(theta, lambda x: neg_log_post(x)[1]) * total
     cov = np.linalg.inv((hess + hess.T) / 2)[:k, :k]
