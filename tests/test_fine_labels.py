@@ -126,8 +126,8 @@ def test_arena_gaps_match_monte_carlo_of_the_generative_model():
     w, lo, d = (np.concatenate(x) for x in zip(*games))
     ratings = fit_arena(win_counts(w, lo))
     assert len(ratings) == 5 and ratings["g1"].spread > ratings["g0"].spread  # per-generator spreads
-    gaps = gap_matrix(ratings, [f"g{i}" for i in range(5)])
-    k = 5
+    k = len(mu)
+    gaps = gap_matrix(ratings, [f"g{i}" for i in range(k)])
     cell = w * k + lo
     mc = np.bincount(cell, d, k * k) / np.bincount(cell, minlength=k * k) * arena_unit(sigma)
     np.testing.assert_allclose(gaps.ravel(), mc, rtol=0.04)
@@ -147,6 +147,23 @@ def test_gaps_do_not_shrink_as_games_accumulate():
         assert ratings["g0"].spread == ratings["g1"].spread == pytest.approx(COMMON_SPREAD)  # 2 generators: case V
         sds.append(ratings["g0"].mu_sd)
     assert sds[2] < sds[0] / 5
+
+
+@given(st.integers(2, 8).flatmap(lambda k: arrays(np.int64, (k, k), elements=st.one_of(st.just(0), st.integers(0, 5 * 10**6)))))
+@settings(max_examples=60, deadline=None)
+def test_arena_fit_is_finite_and_normalised_on_any_record(counts):
+    """One-sided records (a generator that won every game), huge counts and disconnected generators included."""
+    wins = {(f"g{a}", f"g{b}"): int(counts[a, b]) for a in range(len(counts)) for b in range(len(counts)) if a != b}
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # no overflow on the way to the mode
+        ratings = fit_arena(wins)
+    if not ratings:
+        assert not any(wins.values())
+        return
+    mu, sd, spread = (np.array([getattr(r, f) for r in ratings.values()]) for f in ("mu", "mu_sd", "spread"))
+    assert np.isfinite(mu).all() and np.isfinite(sd).all() and (spread > 0).all()
+    assert mu.sum() == pytest.approx(0, abs=1e-9) and np.exp(np.log(spread).mean()) == pytest.approx(COMMON_SPREAD)
+    gaps = gap_matrix(ratings, sorted(ratings))
+    assert np.isfinite(gaps).all() and (gaps > 0).all()
 
 
 @given(st.floats(-3, 3), st.floats(0.05, 2), st.floats(-3, 3), st.floats(0.05, 2))
