@@ -29,12 +29,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.pair import CATEGORIES, IMAGE_CATEGORIES, UNDECIDED_REASONS, pair_schema, undecided_schema
 
 DEFAULT_GENERATORS = {"sd": (0.0, 0.6), "flux": (0.6, 0.4), "sd3": (0.3, 0.9), "existing": (-0.3, 0.7)}
 _HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
+_CREATED = datetime(2025, 1, 1, tzinfo=timezone.utc)  # fixed, so that equal arguments write equal files
 
 
 def _hex_ids(rng: np.random.Generator, n: int, length: int) -> pa.Array:
@@ -86,7 +88,7 @@ def _table(schema: pa.Schema, n: int, columns: dict) -> pa.Table:
 
 
 def _shard(rng: np.random.Generator, n: int, category: str, generators: dict[str, tuple[float, float]],
-           *, decided: bool, votes: bool, rewards: bool, source: str, now: datetime) -> pa.Table:
+           *, decided: bool, votes: bool, rewards: bool, source: str) -> pa.Table:
     names = list(generators)
     mu, sigma = np.array([generators[g] for g in names], np.float64).T
     own = np.array([i for i, g in enumerate(names) if g != "existing"])
@@ -105,8 +107,8 @@ def _shard(rng: np.random.Generator, n: int, category: str, generators: dict[str
     a_is_winner = rng.random(n) < 0.5
     columns = {
         "pair_id": _hex_ids(rng, n, 24), "category": pa.repeat(category, n), "prompt_id": prompt_id,
-        "prompt": pa.compute.binary_join_element_wise(pa.repeat("a synthetic prompt #", n), prompt_id, ""),
-        "prompt_source": pa.repeat(source, n), "created_at": pa.repeat(pa.scalar(now, pa.timestamp("us", tz="UTC")), n),
+        "prompt": pc.binary_join_element_wise(pa.repeat("a synthetic prompt #", n), prompt_id, ""),
+        "prompt_source": pa.repeat(source, n), "created_at": pa.repeat(pa.scalar(_CREATED, pa.timestamp("us", tz="UTC")), n),
         "pipeline_version": pa.repeat("synthetic", n), "config_hash": pa.repeat("synthetic", n),
         "width": pa.repeat(pa.scalar(512, pa.int32()), n), "height": pa.repeat(pa.scalar(512, pa.int32()), n),
     }
@@ -123,7 +125,7 @@ def _shard(rng: np.random.Generator, n: int, category: str, generators: dict[str
     columns.update(generator_w=_generators(w, seeds, names, source), generator_l=_generators(lo, seeds, names, source))
     if category == "alignment":
         columns.update(label_source=pa.repeat("construction", n), agreement=pa.repeat(1.0, n), confidence=pa.repeat(1.0, n),
-                       prompt_l=pa.compute.binary_join_element_wise(columns["prompt"], pa.repeat(", at night", n), ""),
+                       prompt_l=pc.binary_join_element_wise(columns["prompt"], pa.repeat(", at night", n), ""),
                        edit_dimensions=pa.array([["time"]] * n, pa.list_(pa.string())))
     elif category == "text_rendering":
         columns.update(label_source=pa.repeat("ocr", n), agreement=pa.repeat(1.0, n),
@@ -150,20 +152,21 @@ def write_synthetic_output(out: Path, n_pairs: int, *, rows_per_file: int = 100_
                            undecided_fraction: float = 0.0, votes: bool = True, rewards: bool = True,
                            source: str = "synthetic") -> list[Path]:
     """Write `n_pairs` decided pairs (split evenly over `categories`) and `undecided_fraction * n_pairs`
-    undecided ones into OUT as shards of at most `rows_per_file` rows; returns the files written.
-    `generators` maps a name to the (mu, sigma) of its output quality (default DEFAULT_GENERATORS; at least
-    two that are not "existing"). The same arguments write the same rows."""
+    undecided ones into OUT as shards of at most `rows_per_file` rows (a run's default is 1,000: pass that
+    for a realistic number of files); returns the files written. `generators` maps a name to the
+    (mu, sigma) of its output quality (default DEFAULT_GENERATORS; at least two that are not "existing").
+    The same arguments write the same files."""
     generators = generators or DEFAULT_GENERATORS
     if sum(g != "existing" for g in generators) < 2 or any(c not in CATEGORIES for c in categories):
         raise ValueError("write_synthetic_output: needs >= 2 generators besides 'existing' and known categories")
-    out, now, files = Path(out), datetime.now(timezone.utc), []
+    out, files = Path(out), []
     for kind, total in (("pairs", n_pairs), ("undecided", round(n_pairs * undecided_fraction))):
         for c, category in enumerate(categories):
             n_cat = total // len(categories) + (c < total % len(categories))
             for k, start in enumerate(range(0, n_cat, rows_per_file)):
                 rng = np.random.default_rng([seed, kind == "pairs", c, k])
                 table = _shard(rng, min(rows_per_file, n_cat - start), category, generators, decided=kind == "pairs",
-                               votes=votes, rewards=rewards, source=source, now=now)
+                               votes=votes, rewards=rewards, source=source)
                 path = out / kind / category / f"part-synthetic{seed}-{k:05d}-000.parquet"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 pq.write_table(table, path, compression="zstd")
