@@ -4,8 +4,8 @@ in its own process so that its peak RSS is its own.
 
     python benchmarks/stats_scale.py 100000 1000000 10000000
 
-Prints, per size, the write time of the synthetic output, the stats' wall time and peak RSS, and their
-ratios to the smallest size, next to the RSS of a process that only imports what the stats import.
+Prints, per size, the write time of the synthetic output, the stats' wall and CPU time and peak RSS, and
+their ratios to the smallest size, next to the RSS of a process that only imports what the stats import.
 Goal: peak RSS flat in the number of pairs, wall time linear.
 """
 
@@ -22,8 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(args: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of `python args...`, run from the repository root."""
+def run(args: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (user + system: less disturbed by a busy machine) and peak RSS (MiB) of
+    `python args...`, run from the repository root."""
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL)
@@ -31,7 +32,7 @@ def run(args: list[str]) -> tuple[float, float]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise SystemExit(f"stats_scale: `python {' '.join(args)}` exited with {proc.returncode}")
-    return time.perf_counter() - start, usage.ru_maxrss / 1024  # Linux reports KiB
+    return time.perf_counter() - start, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # Linux: KiB
 
 
 def main() -> None:
@@ -46,10 +47,10 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from benchmarks.synthetic import write_synthetic_output
 
-    _, base_rss = run(["-c", "import numpy, pyarrow.parquet, scipy.optimize, scipy.stats, pipelines.cli, pipelines.stats"])
+    *_, base_rss = run(["-c", "import numpy, pyarrow.parquet, scipy.optimize, scipy.stats, pipelines.cli, pipelines.stats"])
     print(f"baseline: a process that only imports the stats' modules peaks at {base_rss:.0f} MiB")
-    print(f"{'pairs':>11}{'files':>7}{'write s':>9}{'stats s':>9}{'peak MiB':>10}{'s / M pairs':>13}"
-          f"{'time x':>8}{'RSS x':>7}")
+    print(f"{'pairs':>11}{'files':>7}{'write s':>9}{'wall s':>8}{'cpu s':>8}{'peak MiB':>10}{'cpu s / M':>11}"
+          f"{'cpu x':>7}{'RSS x':>7}")
     first = None
     for n in sorted(args.sizes):
         out = args.dir / f"pairs-{n}-{args.rows_per_file}"
@@ -61,13 +62,13 @@ def main() -> None:
             done.touch()
         write_s = time.perf_counter() - start
         files = sum(1 for _ in out.glob("*/*/*.parquet"))
-        wall, rss = run(["-m", "pipelines.cli", "stats", str(out)])
-        first = first or (n, wall, rss)
-        print(f"{n:>11,}{files:>7}{write_s:>9.1f}{wall:>9.1f}{rss:>10.0f}{wall / n * 1e6:>13.1f}"
-              f"{wall / first[1]:>8.2f}{rss / first[2]:>7.2f}", flush=True)
+        wall, cpu, rss = run(["-m", "pipelines.cli", "stats", str(out)])
+        first = first or (cpu, rss)
+        print(f"{n:>11,}{files:>7}{write_s:>9.1f}{wall:>8.1f}{cpu:>8.1f}{rss:>10.0f}{cpu / n * 1e6:>11.1f}"
+              f"{cpu / first[0]:>7.2f}{rss / first[1]:>7.2f}", flush=True)
         if args.clean:
             shutil.rmtree(out)
-    print("time x / RSS x: against the smallest size (linear time = the ratio of the sizes; flat RSS = 1.00)")
+    print("cpu x / RSS x: against the smallest size (linear time = the ratio of the sizes; flat RSS = 1.00)")
 
 
 if __name__ == "__main__":
