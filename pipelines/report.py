@@ -79,13 +79,17 @@ def _figures(report: dict) -> dict[str, str]:
     arena = report.get("arena")
     if arena:
         board = arena["leaderboard"]
-        fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(board)))
+        fig, ax = plt.subplots(figsize=(6, 1.2 + 0.45 * len(board)), layout="constrained")
         y = np.arange(len(board))[::-1]
         mu = np.array([r["mu"] for r in board])
-        ax.errorbar(mu, y, xerr=[mu - [r["low"] for r in board], [r["high"] for r in board] - mu], fmt="o", capsize=4)
+        spread = np.array([r["spread"] for r in board])
+        ax.barh(y, 2 * spread, left=mu - spread, height=0.5, color="C0", alpha=0.15, label="output quality, mu +- spread")
+        ax.errorbar(mu, y, xerr=[mu - [r["low"] for r in board], [r["high"] for r in board] - mu], fmt="o", capsize=4,
+                    label="mu, 95% posterior interval")
         ax.set_yticks(y, [r["generator"] for r in board])
         ax.axvline(0, color="grey", lw=0.5)
-        ax.set_xlabel("capability (relative to the field, 95% interval)")
+        ax.set_xlabel("capability (relative to the field)")
+        fig.legend(fontsize=7, loc="outside lower center", ncol=2)
         ax.set_title(f"Arena leaderboard ({arena['pairs']} pairs)")
         figs["arena"] = _figure_png(fig)
 

@@ -1,58 +1,127 @@
-"""The stats report of an output directory, computed from the shards, one file and batch at a time."""
+"""The stats report of an output directory, computed from the shards one file and batch at a time with
+pyarrow group-bys (memory does not grow with the number of pairs), and the Arena's per-pair gaps."""
 
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.calibration import pair_reward_consistency
-from pipelines.store import shard_files
+from pipelines.store import TMP_PREFIX, shard_files
 from schemas.pair import UNDECIDED_REASONS
 
+_GENERATORS = ["generator_w.name", "generator_w.model", "generator_l.name", "generator_l.model"]  # the Arena's
 _COLUMNS = {
-    "pairs": ["pair_id", "category", "label_source", "votes", "agreement", "confidence", "rewards", "generator_w",
-              "generator_l", "scores"],
+    "pairs": ["category", "label_source", "votes", "agreement", "confidence", "rewards", "scores", *_GENERATORS],
     "undecided": ["category", "reason", "votes"],
     "errors": ["category"],
 }
+GAP_SCHEMA = pa.schema([("pair_id", pa.string()), ("category", pa.string()), ("winner", pa.string()),
+                        ("loser", pa.string()), ("gap", pa.float64())])
+_BATCH = 65_536
 
 
-def _iter_rows(out: Path, kind: str):
-    for f in shard_files(out, kind):
+def _batches(files: list[Path], columns: list[str]):
+    """Tables of about _BATCH rows: large shards are read in parts, small ones (a run writes 1,000-row
+    shards) together, so that the per-batch work is amortised."""
+    pending, rows = [], 0
+    for f in files:
         shard = pq.ParquetFile(f)
-        columns = [c for c in _COLUMNS[kind] if c in shard.schema_arrow.names]  # older shards lack newer columns
-        for batch in shard.iter_batches(columns=columns, batch_size=4096):
-            yield from batch.to_pylist()
+        present = [c for c in columns if c.split(".")[0] in shard.schema_arrow.names]  # older shards lack newer columns
+        for batch in shard.iter_batches(columns=present, batch_size=_BATCH):
+            if pending and (rows + batch.num_rows > _BATCH or batch.schema != pending[0].schema):
+                yield pa.Table.from_batches(pending)
+                pending, rows = [], 0
+            pending.append(batch)
+            rows += batch.num_rows
+    if pending:
+        yield pa.Table.from_batches(pending)
 
 
-def _score_counters(scores: list[dict], c: Counter) -> None:
-    """Per score judge with both images scored: winner vs loser expected scores and spreads."""
-    by_judge: dict[str, dict] = defaultdict(dict)
-    for s in scores:
-        if s["expected"] is not None:
-            by_judge[s["judge"]][s["side"]] = s
-    for sides in by_judge.values():
-        if "w" in sides and "l" in sides:
-            c["scored"] += 1
-            c["score_w"] += sides["w"]["expected"]
-            c["score_l"] += sides["l"]["expected"]
-            c["score_agrees"] += sides["w"]["expected"] > sides["l"]["expected"]
-            c["score_std"] += sides["w"]["std"] + sides["l"]["std"]
+def _tables(out: Path, kind: str):
+    return _batches(shard_files(out, kind), _COLUMNS[kind])
 
 
-def _vote_counters(votes: list[dict], c: Counter) -> None:
-    by_judge: dict[str, dict] = defaultdict(dict)
-    for v in votes:
-        c["votes"] += 1
-        c["abstentions"] += v["choice"] is None
-        by_judge[v["judge"]][v["order"]] = v["choice"]
-    for orders in by_judge.values():
-        if orders.get("AB") and orders.get("BA"):
-            c["judge_verdicts"] += 1
-            c["position_flips"] += orders["AB"] == orders["BA"]  # same letter twice = followed the position
+def _grouped(table: pa.Table, keys: list[str], *aggregations) -> list[dict]:
+    return table.group_by(keys).aggregate(list(aggregations) or [([], "count_all")]).to_pylist()
+
+
+def _vote_counters(table: pa.Table, cats: dict[str, Counter]) -> None:
+    """Votes and abstentions per category, judge verdicts (a judge that answered in both orders) and position
+    flips among them (the same letter twice = it followed the position, not the image)."""
+    votes = table.column("votes").combine_chunks()
+    rows = pc.list_parent_indices(votes)
+    flat = pc.list_flatten(votes)
+    v = pa.table({"row": rows, "category": table.column("category").take(rows), "judge": pc.struct_field(flat, "judge"),
+                  "order": pc.struct_field(flat, "order"), "choice": pc.struct_field(flat, "choice")})
+    for g in _grouped(v, ["category"], ([], "count_all"), ("choice", "count", pc.CountOptions(mode="only_null"))):
+        cats[g["category"]]["votes"] += g["count_all"]
+        cats[g["category"]]["abstentions"] += g["choice_count"]
+    answered = v.filter(pc.is_valid(v["choice"]))
+    ab = answered.filter(pc.equal(answered["order"], "AB")).select(["row", "judge", "category", "choice"])
+    ba = answered.filter(pc.equal(answered["order"], "BA")).select(["row", "judge", "choice"])
+    both = ab.join(ba.rename_columns(["row", "judge", "choice_ba"]), keys=["row", "judge"], join_type="inner")
+    both = both.append_column("flip", pc.equal(both["choice"], both["choice_ba"]))
+    for g in _grouped(both, ["category"], ([], "count_all"), ("flip", "sum")):
+        cats[g["category"]]["judge_verdicts"] += g["count_all"]
+        cats[g["category"]]["position_flips"] += g["flip_sum"]
+
+
+def _reward_counters(table: pa.Table, cats: dict[str, Counter], reward_right: dict[str, Counter]) -> None:
+    """Per reward model: pairs it scored and how often it ranks the winner higher; per category: pairs with
+    two or more scoring models, and those on which all of them agree (calibration.reward_consistent)."""
+    rewards = table.column("rewards").combine_chunks()
+    flat = pc.list_flatten(rewards)
+    r = pa.table({"row": pc.list_parent_indices(rewards), "model": pc.struct_field(flat, "model"),
+                  "w": pc.struct_field(flat, "score_w"), "l": pc.struct_field(flat, "score_l")})
+    r = r.filter(pc.and_(pc.is_valid(r["w"]), pc.is_valid(r["l"])))
+    r = r.append_column("win", pc.greater(r["w"], r["l"])).append_column("loss", pc.less(r["w"], r["l"]))
+    for g in _grouped(r, ["model"], ([], "count_all"), ("win", "sum")):
+        reward_right[g["model"]]["pairs"] += g["count_all"]
+        reward_right[g["model"]]["agrees_with_label"] += g["win_sum"]
+    per_pair = r.group_by("row").aggregate([([], "count_all"), ("win", "sum"), ("loss", "sum")])
+    n = per_pair["count_all"]
+    checked = pc.greater_equal(n, 2)
+    unanimous = pc.or_(pc.equal(per_pair["win_sum"], n), pc.equal(per_pair["loss_sum"], n))
+    per_pair = pa.table({"category": table.column("category").take(per_pair["row"]), "checked": checked,
+                         "consistent": pc.and_(checked, unanimous)})
+    for g in _grouped(per_pair, ["category"], ("checked", "sum"), ("consistent", "sum")):
+        cats[g["category"]]["reward_checked"] += g["checked_sum"]
+        cats[g["category"]]["reward_consistent"] += g["consistent_sum"]
+
+
+def _score_counters(table: pa.Table, cats: dict[str, Counter]) -> None:
+    """Per category, over (pair, score judge) with both images scored: winner and loser expected scores,
+    how often the winner scores higher, and the summed spreads."""
+    if "scores" not in table.column_names:  # shards written before score judges existed
+        return
+    scores = table.column("scores").combine_chunks()
+    rows = pc.list_parent_indices(scores)
+    flat = pc.list_flatten(scores)
+    s = pa.table({"row": rows, "category": table.column("category").take(rows), "judge": pc.struct_field(flat, "judge"),
+                  "side": pc.struct_field(flat, "side"), "expected": pc.struct_field(flat, "expected"),
+                  "std": pc.struct_field(flat, "std")})
+    s = s.filter(pc.is_valid(s["expected"]))
+    w = s.filter(pc.equal(s["side"], "w")).select(["row", "judge", "category", "expected", "std"])
+    lo = s.filter(pc.equal(s["side"], "l")).select(["row", "judge", "expected", "std"])
+    both = w.join(lo.rename_columns(["row", "judge", "expected_l", "std_l"]), keys=["row", "judge"], join_type="inner")
+    both = both.append_column("agrees", pc.greater(both["expected"], both["expected_l"]))
+    both = both.append_column("spread", pc.add(both["std"], both["std_l"]))
+    for g in _grouped(both, ["category"], ([], "count_all"), ("expected", "sum"), ("expected_l", "sum"),
+                      ("agrees", "sum"), ("spread", "sum")):
+        c = cats[g["category"]]
+        c["scored"] += g["count_all"]
+        c["score_w"] += g["expected_sum"]
+        c["score_l"] += g["expected_l_sum"]
+        c["score_agrees"] += g["agrees_sum"]
+        c["score_std"] += g["spread_sum"]
 
 
 def compute_stats(out: str | Path) -> dict:
@@ -63,36 +132,33 @@ def compute_stats(out: str | Path) -> dict:
     sources: dict[str, Counter] = defaultdict(Counter)
     confidence_sum: Counter = Counter()  # over the pairs that store a confidence (panel, construction)
     reward_right: dict[str, Counter] = defaultdict(Counter)
-    games: list[tuple[str, str, str, str]] = []  # (pair_id, category, winner generator, loser generator)
-    for row in _iter_rows(out, "pairs"):
-        c = cats[row["category"]]
-        c["pairs"] += 1
-        gw, gl = row["generator_w"], row["generator_l"]
-        if gw and gl and gw["name"] != gl["name"]:  # same-generator pairs say nothing about generators
-            games.append((row["pair_id"], row["category"], gw["name"], gl["name"]))
-        consistent = pair_reward_consistency(row["rewards"] or [])  # from the scores: older shards lack the column
-        if consistent is not None:
-            c["reward_checked"] += 1
-            c["reward_consistent"] += consistent
-        sources[row["category"]][row["label_source"]] += 1
-        if row["agreement"] is not None:
-            agreement[row["category"]][f"{row['agreement']:.2f}"] += 1
-        if row["confidence"] is not None:
-            confidence_sum[row["category"]] += row["confidence"]
-            c["confidence_stored"] += 1
-            c["confidence_below_half"] += row["confidence"] < 0.5  # a label against its own evidence
-        _vote_counters(row["votes"] or [], c)
-        _score_counters(row.get("scores") or [], c)
-        for r in row["rewards"] or []:
-            if r["score_w"] is not None and r["score_l"] is not None:
-                reward_right[r["model"]]["pairs"] += 1
-                reward_right[r["model"]]["agrees_with_label"] += r["score_w"] > r["score_l"]
-    for row in _iter_rows(out, "undecided"):
-        cats[row["category"]]["undecided"] += 1
-        reasons[row["category"]][row["reason"]] += 1
-        _vote_counters(row["votes"] or [], cats[row["category"]])
-    for row in _iter_rows(out, "errors"):
-        cats[row["category"]]["errors"] += 1
+    wins: Counter = Counter()  # the Arena's data: pairs per (category, winner, loser)
+    pair_files = shard_files(out, "pairs")  # listed once: the Arena's gap pass reads these same shards
+    for t in _batches(pair_files, _COLUMNS["pairs"]):
+        for g in _grouped(t, ["category", "label_source"]):
+            cats[g["category"]]["pairs"] += g["count_all"]
+            sources[g["category"]][g["label_source"]] += g["count_all"]
+        for g in _grouped(t, ["category", "agreement"]):
+            if g["agreement"] is not None:
+                agreement[g["category"]][f"{g['agreement']:.2f}"] += g["count_all"]
+        below = t.append_column("below_half", pc.less(t["confidence"], 0.5))  # a label against its own evidence
+        for g in _grouped(below, ["category"], ("confidence", "sum"), ("confidence", "count"), ("below_half", "sum")):
+            confidence_sum[g["category"]] += g["confidence_sum"] or 0.0
+            cats[g["category"]]["confidence_stored"] += g["confidence_count"]
+            cats[g["category"]]["confidence_below_half"] += g["below_half_sum"] or 0
+        _vote_counters(t, cats)
+        _reward_counters(t, cats, reward_right)
+        _score_counters(t, cats)
+        for g in _grouped(_arena_games(t, "category"), ["category", "winner", "loser"]):
+            wins[g["category"], g["winner"], g["loser"]] += g["count_all"]
+    for t in _tables(out, "undecided"):
+        for g in _grouped(t, ["category", "reason"]):
+            cats[g["category"]]["undecided"] += g["count_all"]
+            reasons[g["category"]][g["reason"]] += g["count_all"]
+        _vote_counters(t, cats)
+    for t in _tables(out, "errors"):
+        for g in _grouped(t, ["category"]):
+            cats[g["category"]]["errors"] += g["count_all"]
 
     def rate(num, den):
         return round(num / den, 4) if den else None
@@ -129,7 +195,7 @@ def compute_stats(out: str | Path) -> dict:
                             confidence_below_half=rate(t["confidence_below_half"], t["confidence_stored"]),
                             position_bias_rate=rate(t["position_flips"], t["judge_verdicts"]),
                             reward_consistency=rate(t["reward_consistent"], t["reward_checked"]))
-    report["arena"] = arena_report(out, games)
+    report["arena"] = arena_report(out, pair_files, wins)
     report["rewards"] = {m: {"pairs": c["pairs"], "agrees_with_label": rate(c["agrees_with_label"], c["pairs"])}
                          for m, c in sorted(reward_right.items())}
     manifest = out / "manifest.json"
@@ -146,35 +212,70 @@ def compute_stats(out: str | Path) -> dict:
     return report
 
 
-def arena_report(out: Path, games: list[tuple[str, str, str, str]]) -> dict | None:
-    """Fit the Arena on every decided pair between two different generators; write each pair's expected
-    quality gap to OUT/arena/gaps.parquet (pair_id, category, gap: the trainer's `data.gap_file`) and
-    return the leaderboard with 95% intervals and the win-rate matrix."""
-    import pyarrow as pa
+def _participant(table: pa.Table, side: str) -> pa.ChunkedArray:
+    """A side's Arena participant: its generator, or for a prompt's existing image `existing:<prompt source>`
+    (each source's images are one population of quality, as a generator's are)."""
+    name, model = pc.struct_field(table[side], "name"), pc.struct_field(table[side], "model")
+    return pc.if_else(pc.equal(name, "existing"), pc.binary_join_element_wise("existing:", model, ""), name)
 
-    from pipelines.arena import expected_gap, fit_arena, leaderboard
-    from pipelines.store import write_table_atomic
 
-    if not games:
+def _arena_games(table: pa.Table, *keep: str) -> pa.Table:
+    """The `keep` columns, winner and loser of the pairs whose two sides both name a generator."""
+    games = pa.table({**{c: table[c] for c in keep},
+                      "winner": _participant(table, "generator_w"), "loser": _participant(table, "generator_l")})
+    return games.filter(pc.and_(pc.is_valid(games["winner"]), pc.is_valid(games["loser"])))
+
+
+def arena_report(out: Path, files: list[Path], wins: Counter) -> dict | None:
+    """Fit the Arena (pipelines/arena.py) from `wins`, the pair count per (category, winner, loser) that the
+    stats pass counted in `files`; then read those files again and write every such pair's expected quality
+    gap, same-generator pairs included, to OUT/arena/gaps.parquet (the trainer's `data.gap_file`), batch by
+    batch. Returns the leaderboard with 95% posterior intervals of mu and capability spreads, the win-rate
+    matrix and one leaderboard per category."""
+    from pipelines.arena import MIN_GENERATORS_FOR_SPREADS, fit_arena, gap_matrix, leaderboard
+
+    if not wins:
         return None
-    ratings = fit_arena([g[2] for g in games], [g[3] for g in games])
-    gaps = [expected_gap(ratings[w].mu, ratings[w].sigma, ratings[lo].mu, ratings[lo].sigma) for _, _, w, lo in games]
-    write_table_atomic(pa.table({"pair_id": [g[0] for g in games], "category": [g[1] for g in games],
-                                 "winner": [g[2] for g in games], "loser": [g[3] for g in games],
-                                 "gap": pa.array(gaps, pa.float64())}), out / "arena" / "gaps.parquet")
-    names = sorted(ratings)
-    wins = {a: {b: 0 for b in names} for a in names}
-    for _, _, w, lo in games:
-        wins[w][lo] += 1
-    matrix = {a: {b: (round(wins[a][b] / (wins[a][b] + wins[b][a]), 4) if wins[a][b] + wins[b][a] else None)
-                  for b in names if b != a} for a in names}
+    overall: Counter = Counter()
+    for (_, w, lo), n in wins.items():
+        overall[w, lo] += n
+    ratings = fit_arena(overall)
+    names = sorted({g for key in overall for g in key})
+    gaps = _write_gaps(out / "arena" / "gaps.parquet", files, names, gap_matrix(ratings, names))
+    rated = sorted(ratings)
+    matrix = {a: {b: (round(overall[a, b] / (overall[a, b] + overall[b, a]), 4) if overall[a, b] + overall[b, a]
+                      else None) for b in rated if b != a} for a in rated}
     # Per category too: a generator's standing on text rendering says little about its aesthetics.
     by_category = {}
-    for cat in sorted({g[1] for g in games}):
-        mine = [g for g in games if g[1] == cat]
-        by_category[cat] = {"leaderboard": leaderboard(fit_arena([g[2] for g in mine], [g[3] for g in mine])),
-                            "pairs": len(mine)}
-    return {"leaderboard": leaderboard(ratings), "win_rate": matrix, "pairs": len(games), "by_category": by_category}
+    for cat in sorted({c for c, _, _ in wins}):
+        mine = {(w, lo): n for (c, w, lo), n in wins.items() if c == cat and w != lo}
+        if mine:
+            by_category[cat] = {"leaderboard": leaderboard(fit_arena(mine)), "pairs": sum(mine.values())}
+    return {"leaderboard": leaderboard(ratings), "win_rate": matrix,
+            "pairs": sum(n for (w, lo), n in overall.items() if w != lo), "gaps": gaps,
+            "spreads": "per generator" if len(ratings) >= MIN_GENERATORS_FOR_SPREADS else "common",
+            "by_category": by_category}
+
+
+def _write_gaps(path: Path, files: list[Path], names: list[str], gaps: np.ndarray) -> int:
+    """Stream the pairs again and write each pair's gaps[winner, loser]; atomic (temp name + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+    index, rows = pa.array(names), 0
+    try:
+        with pq.ParquetWriter(tmp, GAP_SCHEMA, compression="zstd") as writer:
+            for t in _batches(files, ["pair_id", "category", *_GENERATORS]):
+                games = _arena_games(t, "pair_id", "category")
+                w = pc.index_in(games["winner"], value_set=index).to_numpy()
+                lo = pc.index_in(games["loser"], value_set=index).to_numpy()
+                writer.write_table(games.append_column("gap", pa.array(gaps[w, lo])).cast(GAP_SCHEMA))
+                rows += games.num_rows
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return rows
 
 
 def format_stats(report: dict) -> str:
@@ -210,9 +311,10 @@ def format_stats(report: dict) -> str:
         lines.append(f"  reward consistency (every reward model ranks the same image higher): "
                      f"{report['totals']['reward_consistency']:.1%} of {report['totals']['reward_checked']} pairs")
     if report.get("arena"):
-        board = ", ".join(f"{r['generator']} {r['mu']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]"
-                          for r in report["arena"]["leaderboard"])
-        lines.append(f"  arena ({report['arena']['pairs']} pairs): {board}")
+        a = report["arena"]
+        board = ", ".join(f"{r['generator']} {r['mu']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}] spread {r['spread']:.2f}"
+                          for r in a["leaderboard"])
+        lines.append(f"  arena ({a['pairs']} pairs between generators; {a['gaps']} gaps; {a['spreads']} spreads): {board}")
         for cat, a in report["arena"]["by_category"].items():
             lines.append(f"    {cat} ({a['pairs']} pairs): " + ", ".join(f"{r['generator']} {r['mu']:+.2f}"
                                                                       for r in a["leaderboard"]))

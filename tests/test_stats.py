@@ -1,9 +1,13 @@
 """`pairforge stats`: abstentions, position flips and undecided reasons counted from real shards."""
 
+import tracemalloc
+from collections import defaultdict
 from datetime import datetime, timezone
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
@@ -92,3 +96,72 @@ def test_stats_count_decisions_by_outcome_and_flag_confidence_below_half(tmp_pat
     header, row = result.output.splitlines()[:2]
     assert header.split()[:6] == ["category", "decided", "tie", "conflict", "no_quor.", "all_abst."]
     assert row.split()[:6] == ["composition", "3", "2", "1", "1", "0"] and row.split()[-2:] == ["0.600", "50.0%"]
+
+
+def existing(source):
+    return {"name": "existing", "model": source, "seed": 0, "steps": 0, "guidance_scale": 0.0, "params": "{}"}
+
+
+QUALITY = {"sd": 0.0, "flux": 0.4, "existing": -0.3}  # mean quality of each side's population; spread 0.9 for all
+MATCHES = {"composition": [("sd", "flux")], "aesthetics": [("existing", "sd"), ("existing", "flux")],
+           "alignment": [("sd", "sd"), ("flux", "flux")]}  # alignment: one generator, original vs perturbed prompt
+
+
+def simulate_output(out, n_per_category, rng):
+    """Decided pairs drawn from the Arena's generative model: each image's quality ~ N(QUALITY[side], 0.9^2),
+    the better image wins. Returns {pair_id: (winner participant, loser participant, q_w - q_l)}."""
+    truth, name = {}, {"sd": "sd", "flux": "flux", "existing": "existing:web"}
+    record = {"sd": gen("sd"), "flux": gen("flux"), "existing": existing("web")}
+    for category, matches in MATCHES.items():
+        rows = []
+        for i in range(n_per_category):
+            a, b = matches[rng.integers(len(matches))]
+            qa, qb = rng.normal(QUALITY[a], 0.9), rng.normal(QUALITY[b], 0.9)
+            w, lo = (a, b) if qa > qb else (b, a)
+            truth[f"{category}{i}"] = (name[w], name[lo], abs(qa - qb))
+            rows.append({"pair_id": f"{category}{i}", "prompt_id": str(i), "label_source": "vlm_panel",
+                         "generator_w": record[w], "generator_l": record[lo]})
+        write(out, "pairs", pair_schema(), rows, category=category)
+    return truth
+
+
+def test_every_decided_pair_gets_the_generative_models_gap(tmp_path):
+    """Generators, a prompt source's existing images and same-generator (alignment) pairs: every decided pair
+    gets a gap, and the stored gap of each (winner, loser) is the Monte Carlo mean of q_w - q_l over the
+    simulated pairs with that outcome, in the Arena's unit (spreads' geometric mean 1/sqrt(2))."""
+    truth = simulate_output(tmp_path, 20_000, np.random.default_rng(0))
+    arena = compute_stats(tmp_path)["arena"]
+    assert arena["gaps"] == len(truth) and arena["pairs"] == 40_000 and arena["spreads"] == "common"
+    assert {r["generator"] for r in arena["leaderboard"]} == {"sd", "flux", "existing:web"}
+    stored = pq.read_table(tmp_path / "arena" / "gaps.parquet").to_pylist()
+    assert sorted(g["pair_id"] for g in stored) == sorted(truth)
+    by_outcome, simulated = defaultdict(set), defaultdict(list)
+    for g in stored:
+        w, lo, d = truth[g["pair_id"]]
+        assert (g["winner"], g["loser"]) == (w, lo)
+        by_outcome[w, lo].add(g["gap"])
+        simulated[w, lo].append(d * np.sqrt(0.5) / 0.9)
+    assert len(by_outcome) == 8  # 3 cross-generator matches both ways, 2 same-generator
+    for outcome, gaps in by_outcome.items():
+        assert len(gaps) == 1 and gaps.pop() == pytest.approx(np.mean(simulated[outcome]), rel=0.04), outcome
+
+
+def test_stats_memory_does_not_grow_with_the_number_of_pairs(tmp_path, monkeypatch):
+    """Peak Python heap (numpy included) during `compute_stats`, Arena fit and gap file included, for 4x the
+    pairs: flat, since everything is counted per batch and the gaps are written batch by batch (small
+    batches here, so that small files show it)."""
+    import pipelines.stats
+
+    monkeypatch.setattr(pipelines.stats, "_BATCH", 1024)
+    peaks = []
+    for n in (2_500, 5_000, 20_000):
+        out = tmp_path / str(n)
+        simulate_output(out, n, np.random.default_rng(n))
+        tracemalloc.start()
+        report = compute_stats(out)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert report["arena"]["gaps"] == 3 * n
+    # The first size only warms up imports and caches. Then: under 2 bytes per added pair (pyarrow's and
+    # numpy's per-batch buffers and caches), where one Python tuple per pair would take ~250.
+    assert peaks[2] - peaks[1] < 2 * 3 * (20_000 - 5_000), peaks
