@@ -11,13 +11,17 @@ from PIL import Image
 
 from pipelines.run import run
 from pipelines.stats import compute_stats
-from pipelines.store import TMP_PREFIX, OutputStore, sha256_file, shard_files
+from pipelines.store import RESUME_KINDS, TMP_PREFIX, sha256_file, shard_files
 from schemas.pair import pair_schema, undecided_schema, validate_table
 
 
 def all_rows(out, kind):
     files = shard_files(out, kind)
     return [r for f in files for r in pq.read_table(f).to_pylist()]
+
+
+def done_ids(out):
+    return {i for k in RESUME_KINDS for f in shard_files(out, k) for i in pq.read_table(f, columns=["pair_id"])["pair_id"].to_pylist()}
 
 
 def snapshot(out):
@@ -100,7 +104,7 @@ def test_killed_run_resumes_without_duplicates(composition_run, tmp_path):
     partial = lost.with_name(TMP_PREFIX + "dead-" + lost.name)
     partial.write_bytes(b"PAR1 half a parquet file")  # ... leaving its temporary file behind
     kept = {p: sha256_file(p) for k in ("pairs", "undecided") for p in shard_files(crashed, k)}
-    assert OutputStore(crashed).done_pair_ids().isdisjoint(lost_ids)
+    assert done_ids(crashed).isdisjoint(lost_ids)
 
     run(cfg.model_copy(update={"output": cfg.output.model_copy(update={"path": str(crashed)})}))
     assert not partial.exists()
@@ -117,7 +121,7 @@ def test_rows_that_cannot_be_generated_are_kept_aside_and_retried(ray_session, t
     errors = all_rows(out, "errors")
     assert len(errors) == 3 and all("max_sequence_length" in e["error"] for e in errors)
     assert report["categories"]["composition"]["errors"] == 3 and not shard_files(out, "pairs")
-    assert OutputStore(out).done_pair_ids() == set()  # failed rows are not done: the next run retries them
+    assert done_ids(out) == set()  # failed rows are not done: the next run retries them
 
 
 def test_stats_count_votes_abstentions_and_position_bias(composition_run):
