@@ -101,26 +101,31 @@ def as_work_rows(batch: pa.Table) -> pa.Table:
 def plan(cfg: RunConfig, kept, store: OutputStore) -> tuple[list, dict[str, int]]:
     """Per category, the planned pairs no shard holds yet, at most `target_pairs` minus the pairs already
     decided: (the non-empty work lists, materialized; planned counts). Counts come from the shards'
-    footers; the done ids are anti-joined in Ray Data, never loaded here."""
+    footers; the done ids are anti-joined in Ray Data (one join for all categories), never loaded here."""
     decided, undecided = store.decided_counts(), store.row_counts("undecided")
     log.info("output holds %d decided and %d undecided pairs", sum(decided.values()), sum(undecided.values()))
-    branches, planned = [], {}
-    for category, ccfg in cfg.categories.items():
-        remaining = None if ccfg.target_pairs is None else ccfg.target_pairs - decided.get(category, 0)
-        if remaining is not None and remaining <= 0:
-            planned[category] = 0
-            continue
-        todo = kept.filter(expr=col("category") == category).map_batches(
-            recipe(category).plan, fn_kwargs=dict(cfg=cfg), batch_format="numpy")
-        done_rows = decided.get(category, 0) + undecided.get(category, 0)
-        if done_rows:
-            todo = store.not_done(todo, category, done_rows).map_batches(as_work_rows, batch_format="pyarrow")
-        if remaining is not None:
-            todo = todo.limit(remaining)
-        todo = todo.materialize()  # planned specs are small; this fixes the work list of this run
-        planned[category] = todo.count()
+    remaining = {c: None if ccfg.target_pairs is None else ccfg.target_pairs - decided.get(c, 0)
+                 for c, ccfg in cfg.categories.items()}
+    active = [c for c, n in remaining.items() if n is None or n > 0]
+    planned = dict.fromkeys(cfg.categories, 0)
+    if not active:
+        return [], planned
+    parts = [kept.filter(expr=col("category") == c).map_batches(recipe(c).plan, fn_kwargs=dict(cfg=cfg),
+                                                                 batch_format="numpy") for c in active]
+    todo = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    done_rows = sum(decided.get(c, 0) + undecided.get(c, 0) for c in active)
+    if done_rows:
+        todo = store.not_done(todo, active, done_rows).map_batches(as_work_rows, batch_format="pyarrow")
+    todo = todo.materialize()  # planned specs are small; this fixes the work list of this run
+    branches = []
+    for category in active:
+        of_category = todo.filter(expr=col("category") == category) if len(active) > 1 else todo
+        if remaining[category] is not None:
+            of_category = of_category.limit(remaining[category])
+        of_category = of_category.materialize()
+        planned[category] = of_category.count()
         if planned[category]:
-            branches.append(todo)
+            branches.append(of_category)
     return branches, planned
 
 

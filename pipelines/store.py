@@ -193,15 +193,15 @@ class OutputStore:
     def decided_counts(self) -> dict[str, int]:
         return self.row_counts("pairs")
 
-    def not_done(self, planned, category: str, done_rows: int):
+    def not_done(self, planned, categories: list[str], done_rows: int):
         """The rows of the Ray Dataset `planned` whose `pair_id` no `pairs/` or `undecided/` shard of
-        `category` holds: a streaming left anti-join with the ids on disk, hash-partitioned so that no
+        `categories` holds: a streaming left anti-join with the ids on disk, hash-partitioned so that no
         process holds more than about DONE_IDS_PER_PARTITION of them. `done_rows` (from `row_counts`)
         sizes the partitions. The result has `planned`'s columns; types may widen (string ->
         large_string) on the way through the join."""
         import ray
 
-        files = [str(f) for kind in RESUME_KINDS for f in shard_files(self.path, kind, category)]
+        files = [str(f) for kind in RESUME_KINDS for c in categories for f in shard_files(self.path, kind, c)]
         if not files:
             return planned
         done = ray.data.read_parquet(files, columns=["pair_id"])

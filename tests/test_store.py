@@ -26,6 +26,7 @@ from pipelines.lease import LEASE_NAME, OutputBusy, OutputLease
 from pipelines.records import ROW_SCHEMA
 from pipelines.store import KINDS, ShardSink, schema_for, shard_files
 from schemas.pair import validate_table
+from workers.publish import TMP_PREFIX, owned_temps, publish_atomically
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
 
@@ -78,6 +79,37 @@ def test_a_write_task_killed_after_its_first_shard_is_retried_exactly_once(ray_s
             assert dict(zip(rows["pair_id"].to_pylist(), rows["_kind"].to_pylist()))[ids[-1]] == kind
     assert Counter(ids) == Counter(rows["pair_id"].to_pylist())  # every row exactly once
     assert sorted(e["path"] for e in sink.written) == sorted(str(f.relative_to(out)) for fs in files.values() for f in fs)
+
+
+# --- atomic publication ------------------------------------------------------------------------------------
+
+def test_publication_never_overwrites_and_leaves_no_temporary(tmp_path):
+    final = tmp_path / "a" / "shard.parquet"
+    assert publish_atomically(final, "store", lambda tmp: tmp.write_text("first"))
+    assert not publish_atomically(final, "store", lambda tmp: tmp.write_text("second"))
+    assert final.read_text() == "first"
+    assert publish_atomically(final, "store", lambda tmp: tmp.write_text("third"), replace=True)
+    assert final.read_text() == "third"
+
+    def build(tmp):
+        tmp.mkdir()
+        (tmp / "model.bin").write_text("weights")
+
+    assert publish_atomically(tmp_path / "model", "kit", build)
+    assert not publish_atomically(tmp_path / "model", "kit", build)
+
+    def crash(tmp):
+        build(tmp)
+        raise RuntimeError("killed mid-build")
+
+    with pytest.raises(RuntimeError):
+        publish_atomically(tmp_path / "other", "kit", crash)
+    assert not (tmp_path / "other").exists()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "model", "model.bin", "shard.parquet"]
+    stale = tmp_path / f"{TMP_PREFIX}kit-0123-other"
+    stale.mkdir()
+    (tmp_path / f"{TMP_PREFIX}latents-0123-x").mkdir()
+    assert owned_temps(tmp_path, "kit") == [stale]
 
 
 # --- the lease ---------------------------------------------------------------------------------------------
