@@ -20,9 +20,9 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     typer.secho(message, fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=code)
 
 
 SET_HELP = "override a config key: dotted.path=YAML-value (repeatable)"
@@ -31,8 +31,11 @@ SET_HELP = "override a config key: dotted.path=YAML-value (repeatable)"
 @app.command()
 def run(config: Path = typer.Argument(..., help="run config (YAML)"),
         output: str | None = typer.Option(None, help="override output.path"),
-        set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+        set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+        break_lease: bool = typer.Option(False, "--break-lease", help="take over the output directory's lease even "
+                                         "if its holder looks alive (you know it is dead)")) -> None:
     """Run a pipeline config: prompts -> generated, judged pairs -> shards, manifest and stats in OUTPUT."""
+    from pipelines.lease import OutputBusy
     from pipelines.run import run as run_pipeline
     from pipelines.stats import format_stats
     from schemas.config import ConfigError, load_run_config, parse_overrides
@@ -45,7 +48,10 @@ def run(config: Path = typer.Argument(..., help="run config (YAML)"),
         cfg = load_run_config(config, overrides)
     except ConfigError as e:
         _fail(str(e))
-    report = run_pipeline(cfg, str(config))
+    try:
+        report = run_pipeline(cfg, str(config), break_lease=break_lease)
+    except OutputBusy as e:
+        _fail(str(e), code=3)
     typer.echo(format_stats(report))
     typer.echo(f"output: {os.path.abspath(cfg.output.path)}")
 

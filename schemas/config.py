@@ -252,6 +252,8 @@ class RayConfig(Strict):
 class OutputConfig(Strict):
     path: str
     rows_per_file: int = Field(1000, ge=1, description="upper bound on rows per Parquet shard")
+    lease_timeout_s: float = Field(300.0, gt=0, description="a run whose lease has had no heartbeat for this long "
+                                   "is taken to be dead (heartbeat every tenth of it); keep it far above clock skew")
 
 
 class RunConfig(Strict):
@@ -331,7 +333,7 @@ class RunConfig(Strict):
 
     def config_hash(self) -> str:
         """Hash of what decides the data: everything but where it runs and where it is written."""
-        return stable_hash(self.model_dump(mode="json", exclude={"ray": True, "output": {"path"}}))
+        return stable_hash(self.model_dump(mode="json", exclude={"ray": True, "output": {"path", "lease_timeout_s"}}))
 
 
 class ConfigError(ValueError):

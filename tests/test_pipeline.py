@@ -2,22 +2,34 @@
 
 import io
 import json
+import logging
 import shutil
+import socket
+import subprocess
+import sys
+import time
 
 import pyarrow.parquet as pq
 import pytest
 from helpers import small_run_config
 from PIL import Image
 
-from pipelines.run import run
+from pipelines.lease import LEASE_NAME
+from pipelines.prompts import plan_prompts
+from pipelines.run import plan, run
 from pipelines.stats import compute_stats
-from pipelines.store import TMP_PREFIX, OutputStore, sha256_file, shard_files
+from pipelines.store import RESUME_KINDS, TMP_PREFIX, OutputStore, sha256_file, shard_files
 from schemas.pair import pair_schema, undecided_schema, validate_table
 
 
 def all_rows(out, kind):
     files = shard_files(out, kind)
     return [r for f in files for r in pq.read_table(f).to_pylist()]
+
+
+def done_ids(out):
+    return {i for k in RESUME_KINDS for f in shard_files(out, k)
+            for i in pq.read_table(f, columns=["pair_id"])["pair_id"].to_pylist()}
 
 
 def snapshot(out):
@@ -102,13 +114,75 @@ def test_killed_run_resumes_without_duplicates(composition_run, tmp_path):
     partial = lost.with_name(TMP_PREFIX + "dead-" + lost.name)
     partial.write_bytes(b"PAR1 half a parquet file")  # ... leaving its temporary file behind
     kept = {p: sha256_file(p) for k in ("pairs", "undecided") for p in shard_files(crashed, k)}
-    assert OutputStore(crashed).done_pair_ids().isdisjoint(lost_ids)
+    assert done_ids(crashed).isdisjoint(lost_ids)
 
     run(cfg.model_copy(update={"output": cfg.output.model_copy(update={"path": str(crashed)})}))
     assert not partial.exists()
     assert all(p.exists() and sha256_file(p) == h for p, h in kept.items())  # written shards untouched
     ids = [r["pair_id"] for k in ("pairs", "undecided") for r in all_rows(crashed, k)]
     assert len(ids) == len(set(ids)) == 8 and lost_ids <= set(ids)
+
+
+def moved(cfg, out, **category):
+    """`cfg` writing to `out`, with `category` settings of composition changed."""
+    composition = cfg.categories["composition"].model_copy(update=category)
+    return cfg.model_copy(update={"output": cfg.output.model_copy(update={"path": str(out)}),
+                                  "categories": {"composition": composition}})
+
+
+def test_resume_plans_the_missing_pairs_up_to_the_target(composition_run, tmp_path):
+    cfg, out, _ = composition_run
+    crashed = tmp_path / "out"
+    shutil.copytree(out, crashed)
+    lost = shard_files(crashed, "pairs")[0]
+    lost_ids = set(pq.read_table(lost, columns=["pair_id"])["pair_id"].to_pylist())
+    lost.unlink()
+    decided = sum(pq.ParquetFile(f).metadata.num_rows for f in shard_files(crashed, "pairs"))
+    store = OutputStore(crashed)
+    kept = plan_prompts(cfg)[0].materialize()
+
+    def planned_ids(target):
+        branches, planned = plan(moved(cfg, crashed, target_pairs=target), kept, store)
+        ids = [i for b in branches for i in b.select_columns(["pair_id"]).to_pandas()["pair_id"]]
+        assert planned == {"composition": len(ids)}
+        return ids
+
+    assert sorted(planned_ids(None)) == sorted(lost_ids)  # exactly what no shard holds
+    one = planned_ids(decided + 1)  # remaining = target - decided so far
+    assert len(one) == 1 and set(one) <= lost_ids
+    assert planned_ids(decided) == []
+
+
+def test_other_writers_temporaries_survive_a_run_and_a_dead_runs_lease_is_taken_over(composition_run, tmp_path, caplog):
+    cfg, out, _ = composition_run
+    again = tmp_path / "out"
+    shutil.copytree(out, again)
+    latents = again / "latents" / f"{TMP_PREFIX}latents-0123abcd-5678-0123abcd"  # a killed latent-cache build
+    latents.mkdir(parents=True)
+    (latents / "part-0.parquet").write_bytes(b"half")
+    foreign = [again / ".DS_Store", again / f"{TMP_PREFIX}someone-else", again / "pairs" / "composition" / ".nfs0001",
+               again / "notes" / f"{TMP_PREFIX}draft"]
+    for f in foreign:
+        f.parent.mkdir(exist_ok=True)
+        f.write_text("not the store's")
+    own = [again / "pairs" / "composition" / f"{TMP_PREFIX}store-dead-part-x.parquet",
+           again / "rejects" / f"{TMP_PREFIX}store-dead-prompts.parquet", again / f"{TMP_PREFIX}store-dead-manifest.json"]
+    for f in own:
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(b"PAR1 half a file")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (again / LEASE_NAME).write_text(json.dumps({
+        "run_id": "crashed", "host": socket.gethostname(), "pid": dead.pid, "started_at": time.time() - 60,
+        "heartbeat_at": time.time() - 5, "timeout_s": 300.0}))
+
+    with caplog.at_level(logging.WARNING, logger="pairforge"):
+        report = run(moved(cfg, again))
+    assert "taking over the lease of run crashed" in caplog.text and f"process {dead.pid} no longer exists" in caplog.text
+    assert report["categories"]["composition"]["pairs"] > 0
+    assert all(f.read_text() == "not the store's" for f in foreign) and (latents / "part-0.parquet").exists()
+    assert not any(f.exists() for f in own)
+    assert not (again / LEASE_NAME).exists()
 
 
 def test_rows_that_cannot_be_generated_are_kept_aside_and_retried(ray_session, tmp_path):
@@ -119,7 +193,7 @@ def test_rows_that_cannot_be_generated_are_kept_aside_and_retried(ray_session, t
     errors = all_rows(out, "errors")
     assert len(errors) == 3 and all("max_sequence_length" in e["error"] for e in errors)
     assert report["categories"]["composition"]["errors"] == 3 and not shard_files(out, "pairs")
-    assert OutputStore(out).done_pair_ids() == set()  # failed rows are not done: the next run retries them
+    assert done_ids(out) == set()  # failed rows are not done: the next run retries them
 
 
 def test_stats_count_votes_abstentions_and_position_bias(composition_run):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import pyarrow.compute as pc
 from pipelines.store import shard_files
 from schemas.config import TrainData
 from schemas.pair import stable_hash
+from workers.publish import owned_temps, publish_atomically, remove
 
 COLUMNS = ["pair_id", "category", "prompt", "image_w", "image_l", "agreement", "confidence"]
 
@@ -106,25 +105,29 @@ class LatentEncoder:
 
 def latent_cache(root: str, files: list[str], model_path: str, data: TrainData, num_gpus: float) -> Path:
     """`root/latents/<key>/`, built if missing: <key> names the model, the resolution and the exact set of
-    shards, so new shards or another model get their own cache. Written to a temporary folder and
-    renamed into place, so a half-built cache is never read."""
+    shards, so new shards or another model get their own cache. Built under a temporary name and published
+    in one rename (workers/publish.py), so a half-built cache is never read; builders of one key take turns
+    under a file lock, which makes any temporary of that key a killed build's, removed before building."""
     import ray
+    from filelock import FileLock
 
     key = stable_hash("latents", model_path, data.resolution, sorted((os.path.basename(f), os.path.getsize(f))
                                                                        for f in files))
     final = Path(root) / "latents" / key
     if final.exists():
         return final
-    tmp = final.with_name(f".tmp-{uuid.uuid4().hex}")
-    ds = ray.data.read_parquet(files, columns=COLUMNS)
-    ds = ds.map_batches(decode_batch, fn_kwargs=dict(resolution=data.resolution), batch_format="pyarrow")
-    ds = ds.map_batches(LatentEncoder, fn_constructor_kwargs=dict(model_path=model_path), batch_size=16,
-                        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5, num_gpus=num_gpus)
-    try:
-        ds.write_parquet(str(tmp))
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    owner = f"latents-{key}"
+    with FileLock(str(final.parent / f".{key}.lock")):
+        if final.exists():
+            return final
+        for stale in owned_temps(final.parent, owner):
+            remove(stale)
+        ds = ray.data.read_parquet(files, columns=COLUMNS)
+        ds = ds.map_batches(decode_batch, fn_kwargs=dict(resolution=data.resolution), batch_format="pyarrow")
+        ds = ds.map_batches(LatentEncoder, fn_constructor_kwargs=dict(model_path=model_path), batch_size=16,
+                            compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5, num_gpus=num_gpus)
+        publish_atomically(final, owner, lambda tmp: ds.write_parquet(str(tmp)))
     return final
 
 

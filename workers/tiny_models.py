@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from workers.publish import publish_atomically
 
 KIT_VERSION = 3
 TINY_PREFIX = "tiny:"
@@ -79,7 +79,7 @@ def ensure_tiny_models(root: Path) -> Path:
 
 
 def build_tiny_models(out: str | os.PathLike) -> Path:
-    """Build every kit model into `out/<name>`; each lands atomically (built in a temp dir, then renamed)."""
+    """Build every kit model into `out/<name>`; each lands atomically (workers/publish.py)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     builders = {
@@ -97,15 +97,8 @@ def build_tiny_models(out: str | os.PathLike) -> Path:
     }
     assert builders.keys() == TINY_MODELS.keys()
     for name, build in builders.items():
-        final = out / name
-        if final.exists():
-            continue
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out))
-        try:
-            build(tmp)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / name).exists():
+            publish_atomically(out / name, "kit", build)
     (out / "kit.json").write_text(json.dumps({"kit_version": KIT_VERSION, "models": TINY_MODELS}, indent=1))
     return out
 
