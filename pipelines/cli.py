@@ -20,9 +20,10 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
+    """One line on stderr and a non-zero exit: 2 for bad input (config, prompts), 1 for a run that stopped."""
     typer.secho(message, fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=code)
 
 
 SET_HELP = "override a config key: dotted.path=YAML-value (repeatable)"
@@ -33,6 +34,8 @@ def run(config: Path = typer.Argument(..., help="run config (YAML)"),
         output: str | None = typer.Option(None, help="override output.path"),
         set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Run a pipeline config: prompts -> generated, judged pairs -> shards, manifest and stats in OUTPUT."""
+    from pipelines.progress import RunHalted
+    from pipelines.prompts import PromptsError
     from pipelines.run import run as run_pipeline
     from pipelines.stats import format_stats
     from schemas.config import ConfigError, load_run_config, parse_overrides
@@ -43,9 +46,11 @@ def run(config: Path = typer.Argument(..., help="run config (YAML)"),
         if output:
             overrides["output.path"] = output
         cfg = load_run_config(config, overrides)
-    except ConfigError as e:
+        report = run_pipeline(cfg, str(config))
+    except (ConfigError, PromptsError) as e:
         _fail(str(e))
-    report = run_pipeline(cfg, str(config))
+    except RunHalted as e:
+        _fail(str(e), code=1)
     typer.echo(format_stats(report))
     typer.echo(f"output: {os.path.abspath(cfg.output.path)}")
 

@@ -76,7 +76,9 @@ def compute_stats(out: str | Path) -> dict:
     def rate(num, den):
         return round(num / den, 4) if den else None
 
-    report = {"categories": {}, "totals": Counter()}
+    summed = ("pairs", "undecided", "errors", "votes", "abstentions", "judge_verdicts", "position_flips",
+              "reward_checked", "reward_consistent")
+    report = {"categories": {}, "totals": Counter(dict.fromkeys(summed, 0))}  # all keys, even for an empty output
     for cat in sorted(cats):
         c = cats[cat]
         report["categories"][cat] = {
@@ -89,9 +91,7 @@ def compute_stats(out: str | Path) -> dict:
             "position_bias_rate": rate(c["position_flips"], c["judge_verdicts"]),
             "reward_consistency": rate(c["reward_consistent"], c["reward_checked"]),
         }
-        report["totals"].update({k: c[k] for k in ("pairs", "undecided", "errors", "votes", "abstentions",
-                                                    "judge_verdicts", "position_flips", "reward_checked",
-                                                    "reward_consistent")})
+        report["totals"].update({k: c[k] for k in summed})
     t = report["totals"]
     report["totals"] = dict(t, abstention_rate=rate(t["abstentions"], t["votes"]),
                             position_bias_rate=rate(t["position_flips"], t["judge_verdicts"]),
