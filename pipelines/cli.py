@@ -21,6 +21,7 @@ def _setup_logging() -> None:
 
 
 def _fail(message: str, code: int = 2) -> None:
+    """One line on stderr and a non-zero exit: 2 for bad input (config, prompts), 1 for a run that stopped."""
     typer.secho(message, fg=typer.colors.RED, err=True)
     raise typer.Exit(code=code)
 
@@ -36,6 +37,8 @@ def run(config: Path = typer.Argument(..., help="run config (YAML)"),
                                          "if its holder looks alive (you know it is dead)")) -> None:
     """Run a pipeline config: prompts -> generated, judged pairs -> shards, manifest and stats in OUTPUT."""
     from pipelines.lease import OutputBusy
+    from pipelines.progress import RunHalted
+    from pipelines.prompts import PromptsError
     from pipelines.run import run as run_pipeline
     from pipelines.stats import format_stats
     from schemas.config import ConfigError, load_run_config, parse_overrides
@@ -46,12 +49,13 @@ def run(config: Path = typer.Argument(..., help="run config (YAML)"),
         if output:
             overrides["output.path"] = output
         cfg = load_run_config(config, overrides)
-    except ConfigError as e:
-        _fail(str(e))
-    try:
         report = run_pipeline(cfg, str(config), break_lease=break_lease)
+    except (ConfigError, PromptsError) as e:
+        _fail(str(e))
     except OutputBusy as e:
         _fail(str(e), code=3)
+    except RunHalted as e:
+        _fail(str(e), code=1)
     typer.echo(format_stats(report))
     typer.echo(f"output: {os.path.abspath(cfg.output.path)}")
 

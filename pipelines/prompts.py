@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -23,6 +24,10 @@ from schemas.pair import make_prompt_id, stable_hash
 
 RAW_COLUMNS = ("file", "line", "text", "category_hint", "error")  # + source_image (None for text files)
 _BLOCK_ROWS = 8192
+
+
+class PromptsError(ValueError):
+    """The prompt sources cannot be read, or leave nothing for the run to do; the message is one line."""
 
 
 class PromptLinesDatasource(FileBasedDatasource):
@@ -116,20 +121,27 @@ def _raw_table(files, lines, texts, hints, errors, images) -> pa.Table:
 
 def read_source(src: PromptSource):
     """A prompt source as raw rows: file, line, text, category_hint, error, source_image."""
-    import os
-
-    import ray
-
     fmt = src.format
     if fmt == "auto":
         suffix = src.path.rsplit(".", 1)[-1].lower()
         fmt = {"jsonl": "jsonl", "json": "jsonl", "txt": "txt", "parquet": "parquet", "tar": "webdataset"}.get(suffix)
         if fmt is None:
-            raise ValueError(f"prompts: cannot tell the format of {src.path!r} from its suffix; "
-                             "set format: jsonl | txt | parquet | webdataset")
+            raise PromptsError(f"prompts: cannot tell the format of {src.path!r} from its suffix; "
+                               "set format: jsonl | txt | parquet | webdataset")
+    try:
+        return _read(src, fmt)
+    except FileNotFoundError:
+        raise PromptsError(f"prompts: {src.path}: no such file or directory") from None
+
+
+def _read(src: PromptSource, fmt: str):
+    import os
+
+    import ray
+
     if fmt in ("jsonl", "txt"):
         if src.image_field:
-            raise ValueError(f"prompts: {src.path}: image_field needs a parquet or webdataset source")
+            raise PromptsError(f"prompts: {src.path}: image_field needs a parquet or webdataset source")
         return ray.data.read_datasource(PromptLinesDatasource(
             src.path, fmt=fmt, text_field=src.text_field, category_field=src.category_field))
 
@@ -151,8 +163,10 @@ def read_source(src: PromptSource):
         cols = [c for c in (src.text_field, src.category_field, src.image_field) if c]
         try:
             ds = ray.data.read_parquet(src.path, columns=cols, include_paths=True)
+        except FileNotFoundError:
+            raise
         except Exception as e:  # pyarrow names the missing column; say which source and what to set
-            raise ValueError(f"prompts: {src.path}: cannot read columns {cols}: {e}") from None
+            raise PromptsError(f"prompts: {src.path}: cannot read columns {cols}: {e}") from None
     else:
         ds = ray.data.read_webdataset(src.path, decoder=None, include_paths=True)
     return ds.map_batches(to_raw, batch_format="pyarrow")
@@ -278,8 +292,8 @@ def semantic_dedup(valid, cfg: RunConfig, partitions: int, runtime_env: dict | N
 
 def plan_prompts(cfg: RunConfig, runtime_env: dict | None = None):
     """Returns (kept prompts, rejects) as Ray Datasets. Kept prompts are unique across all sources
-    (exactly, and semantically when enabled) and carry the `category` they are routed to (None when no
-    category of this run takes them)."""
+    (exactly, and semantically when enabled and some prompt goes to a category) and carry the `category`
+    they are routed to (None when no category of this run takes them)."""
     from pipelines.recipes import route_batch
 
     terms = blocklist_terms(cfg.filters)
@@ -298,10 +312,41 @@ def plan_prompts(cfg: RunConfig, runtime_env: dict | None = None):
     valid = valid.groupby("dedup_key", num_partitions=partitions).map_groups(keep_first, batch_format="pyarrow").materialize()
     rejected.append(valid.filter(expr=col("reject_reason").is_not_null()))
     valid = valid.filter(expr=col("reject_reason").is_null())
-    if cfg.filters.semantic_dedup:
-        valid = semantic_dedup(valid, cfg, partitions, runtime_env).materialize()
-        rejected.append(valid.filter(expr=col("reject_reason").is_not_null()))
-        valid = valid.filter(expr=col("reject_reason").is_null())
-    kept = valid.map_batches(route_batch, fn_kwargs=dict(cfg=cfg), batch_format="pyarrow")
+    # Routed before semantic dedup (routing is per prompt, so the result is the same) so that the embedder,
+    # a model load, is skipped when no prompt goes to a category of this run: that run has nothing to do.
+    kept = valid.map_batches(route_batch, fn_kwargs=dict(cfg=cfg), batch_format="pyarrow").materialize()
+    if cfg.filters.semantic_dedup and kept.filter(expr=col("category").is_not_null()).count():
+        kept = semantic_dedup(kept, cfg, partitions, runtime_env).materialize()
+        rejected.append(kept.filter(expr=col("reject_reason").is_not_null()).drop_columns(["category"]))
+        kept = kept.filter(expr=col("reject_reason").is_null())
     rejects = rejected[0].union(*rejected[1:]).drop_columns(["source_image"])
     return kept, rejects
+
+
+def _top(counts: Counter, n: int = 3) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.most_common(n)) + (", ..." if len(counts) > n else "")
+
+
+def nothing_to_do(cfg: RunConfig, kept: list[dict], rejects: pa.Table | None, rejects_path: str) -> str:
+    """The one line that ends a run whose prompts leave it nothing to do: per source, how many lines were
+    read; when none is usable, the top reject reasons and where every rejected line is; when none goes to
+    a category, which categories the run has, how a prompt reaches one and what the sources' hints are.
+    `kept`: the usable prompts' prompt_source and category_hint."""
+    rejected = Counter(rejects.column("prompt_source").to_pylist()) if rejects is not None else Counter()
+    usable = Counter(r["prompt_source"] for r in kept)
+    sources = ", ".join(f"{src.path} ({usable[src.name] + rejected[src.name] or 'no'} lines)" for src in cfg.prompts)
+    if not kept:
+        if not rejected:
+            return f"prompts: nothing usable in {sources}: no non-blank lines to read"
+        reasons = Counter(r.split(":")[0] for r in rejects.column("reject_reason").to_pylist())
+        return (f"prompts: nothing usable in {sources}: every line was rejected ({_top(reasons)}); each rejected "
+                f"line, with its file, line number and reason, is in {rejects_path}")
+    hints = {src.name: _top(Counter(r["category_hint"] or "(none)" for r in kept if r["prompt_source"] == src.name))
+             for src in cfg.prompts}
+    found = "; ".join(f"source {src.name!r} ({src.path}): {usable[src.name]} usable"
+                      + (f", {src.category_field!r} = {hints[src.name]}" if usable[src.name] and src.category_field else "")
+                      for src in cfg.prompts)
+    return (f"prompts: none of the {len(kept)} usable prompts goes to a category of this run "
+            f"({', '.join(cfg.categories)}). A category takes the prompts of the sources it lists "
+            "(categories.<name>.sources), else those whose category field names it, and of those only what its "
+            f"filter accepts (text_rendering: quoted text; human_quality: people; existing_images: an image). {found}")

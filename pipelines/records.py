@@ -9,6 +9,7 @@ Working columns: pair_id, category, prompt, prompt_id, prompt_source, gen_a/gen_
 reward_models, perturber, edit_k, edit_dimensions, ocr_engine, required_text, ocr (JSON strings), and for
 best-of-N rows cand_gens, cand_seeds (JSON lists), cand_images (PNG bytes), cand_scores (JSON, per model);
 score_judges (comma-separated, like judges).
+stage_error: the pool that failed on the row (pipelines/stages.py), which makes it an error record.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def build_records(rows: list[dict], cfg: RunConfig, decide: Callable[[dict], Lab
         common = {"pair_id": row["pair_id"], "category": row["category"], "prompt": row["prompt"],
                   "prompt_id": row["prompt_id"], "prompt_source": row["prompt_source"], "created_at": now,
                   "pipeline_version": PIPELINE_VERSION, "config_hash": config_hash}
-        errors = [e for e in (row.get("error_a"), row.get("error_b")) if e]
+        errors = [e for e in (row.get("stage_error"), row.get("error_a"), row.get("error_b")) if e]
         if errors or row.get("image_a") is None or row.get("image_b") is None:
             out.append({**common, "_kind": "errors", "error": "; ".join(errors) or "image missing"})
             continue

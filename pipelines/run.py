@@ -16,10 +16,12 @@ from collections import Counter
 from importlib import metadata
 
 import pyarrow as pa
+import ray
 from ray.data.expressions import col
 
 from pipelines.lease import OutputBusy, OutputLease
-from pipelines.prompts import plan_prompts
+from pipelines.progress import RunHalted, RunMonitor, Watch, start_progress_actor
+from pipelines.prompts import PromptsError, nothing_to_do, plan_prompts
 from pipelines.recipes import recipe
 from pipelines.records import WORK_COLUMNS
 from pipelines.stages import apply_worker_pools, model_refs
@@ -49,12 +51,13 @@ def package_versions() -> dict[str, str]:
 def init_ray(rc: RayConfig) -> None:
     """Join the cluster named by the config or $RAY_ADDRESS (as under `ray job submit`), else start a
     local Ray sized by the config. An already-initialised Ray (a notebook, the test session) is reused."""
-    import ray
     import ray.data
 
     if not sys.stdout.isatty():  # progress bars in a log file are escape-code noise: keep logs readable
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         ray.data.DataContext.get_current().enable_progress_bars = False
+        # ... and pairforge logs its own progress lines instead, so Ray's hint on re-enabling the bars is noise
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     if ray.is_initialized():
         return
     address = rc.address or os.environ.get("RAY_ADDRESS")
@@ -66,12 +69,23 @@ def init_ray(rc: RayConfig) -> None:
                  logging_level=logging.WARNING, runtime_env={"env_vars": {**WORKER_ENV, **rc.env_vars}})
 
 
-def label_rows(batch: pa.Table, cfg: RunConfig) -> pa.Table:
-    """Route each row of a (possibly mixed) batch to its category's labeler."""
+def label_rows(batch: pa.Table, cfg: RunConfig, progress=None) -> pa.Table:
+    """Route each row of a (possibly mixed) batch to its category's labeler; report what became of the
+    rows (pairs, undecided, errors per category, and the errors' messages) to the run's progress actor."""
     by_category: dict[str, list[dict]] = {}
     for row in batch.to_pylist():
         by_category.setdefault(row["category"], []).append(row)
-    return pa.concat_tables([recipe(cat).label(rows, cfg) for cat, rows in sorted(by_category.items())])
+    table = pa.concat_tables([recipe(cat).label(rows, cfg) for cat, rows in sorted(by_category.items())])
+    if progress is not None:
+        counts: dict[str, Counter] = {}
+        errors = []
+        for category, kind, error in zip(*(table.column(c).to_pylist() for c in ("category", "_kind", "error"))):
+            counts.setdefault(category, Counter())[kind] += 1
+            if kind == "errors":
+                errors.append(error)
+        # Waited for, unlike the pools' reports: the error budget's final check must see every row.
+        ray.get(progress.labelled.remote({c: dict(v) for c, v in counts.items()}, errors), timeout=60)
+    return table
 
 
 def resolve_models(cfg: RunConfig) -> dict[str, str]:
@@ -130,34 +144,53 @@ def plan(cfg: RunConfig, kept, store: OutputStore) -> tuple[list, dict[str, int]
 
 
 def _run(cfg: RunConfig, store: OutputStore, run_id: str, config_path: str | None) -> dict:
-    import ray
-
     for k, v in {**WORKER_ENV, **cfg.ray.env_vars}.items():
         os.environ.setdefault(k, v)
     started = time.time()
     store.prepare()
     marker_nonce = cfg.marker_nonce or store.marker_nonce()
-    model_paths = resolve_models(cfg)
     init_ray(cfg.ray)
+    log.info("Ray may log once that an actor has constructor arguments in the object store, and that many worker "
+             "processes started: both are expected here (README, Troubleshooting: Ray's start-up warnings)")
     env = {"env_vars": {**WORKER_ENV, **cfg.ray.env_vars}}
 
     kept, rejects = plan_prompts(cfg, env)
     kept = kept.materialize()
     n_rejected = rejects.count()
-    store.write_rejects(pa.concat_tables(ray.get(rejects.to_arrow_refs())) if n_rejected else None)
+    reject_table = pa.concat_tables(ray.get(rejects.to_arrow_refs())) if n_rejected else None
+    store.write_rejects(reject_table)
     routed = Counter(c for b in kept.select_columns(["category"]).iter_batches(batch_format="pyarrow")
                      for c in b.column("category").to_pylist())
+    if not sum(n for c, n in routed.items() if c):  # before any model is resolved or loaded
+        usable = [r for b in kept.select_columns(["prompt_source", "category_hint"]).iter_batches(batch_format="pyarrow")
+                  for r in b.to_pylist()]
+        raise PromptsError(nothing_to_do(cfg, usable, reject_table, str(store.path / "rejects" / "prompts.parquet")))
+    model_paths = resolve_models(cfg)
     log.info("prompts: %d kept (routed %s, %d unrouted), %d rejected",
              sum(routed.values()), dict(sorted((k, v) for k, v in routed.items() if k)), routed.get(None, 0), n_rejected)
     branches, planned = plan(cfg, kept, store)
     log.info("planned pairs this run: %s", planned)
 
     sink = ShardSink(store.path, run_id, cfg.output.rows_per_file)
+    timing = {}
     if branches:
+        progress = start_progress_actor()
         ds = branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
-        ds = apply_worker_pools(ds, cfg, model_paths, env, marker_nonce)
-        ds = ds.map_batches(label_rows, fn_kwargs=dict(cfg=cfg), batch_format="pyarrow")
-        ds.write_datasink(sink)
+        ds = apply_worker_pools(ds, cfg, model_paths, env, progress, marker_nonce)
+        ds = ds.map_batches(label_rows, fn_kwargs=dict(cfg=cfg, progress=progress), batch_format="pyarrow")
+        watchdog = cfg.run.watchdog_s
+        # Ray Data's own no-progress timeout stays as a backstop, later than the watchdog that names the pool.
+        ds.context.execution_no_progress_timeout_s = 2 * watchdog if watchdog else -1
+        ds.context.custom_execution_callback_classes.append(RunMonitor)
+        try:
+            with Watch(progress, cfg.run, planned, str(store.path)) as watch:
+                ds.write_datasink(sink)
+            watch.check(final=True)
+        finally:
+            ray.kill(progress)
+        if watch.snap:
+            snap = watch.snap
+            timing = {"pools_s": snap["now"], "first_batch_s": snap["first_batch"], "ready_s": snap["last_ready"]}
     store.remove_temps()  # a write attempt that died mid-shard left its temporary behind
 
     written: dict[str, int] = {}
@@ -166,7 +199,7 @@ def _run(cfg: RunConfig, store: OutputStore, run_id: str, config_path: str | Non
     store.update_manifest({
         "run_id": run_id, "config_path": config_path, "started_at": started, "finished_at": time.time(),
         "config": cfg.model_dump(mode="json"), "config_hash": cfg.config_hash(), "versions": package_versions(),
-        "model_paths": model_paths, "marker_nonce": marker_nonce, "planned": planned, "written": written,
+        "model_paths": model_paths, "marker_nonce": marker_nonce, "planned": planned, "written": written, "timing": timing,
         "prompts": {"kept": sum(routed.values()), "rejected": n_rejected, "unrouted": routed.get(None, 0),
                     "routed": {k: v for k, v in routed.items() if k}},
     })
@@ -188,14 +221,16 @@ def main(argv: list[str] | None = None) -> int:
         overrides["output.path"] = args.output
     try:
         cfg = load_run_config(args.config, overrides)
-    except ConfigError as e:
+        report = run(cfg, args.config, break_lease=args.break_lease)
+    except (ConfigError, PromptsError) as e:
         print(e, file=sys.stderr)
         return 2
-    try:
-        report = run(cfg, args.config, break_lease=args.break_lease)
     except OutputBusy as e:
         print(e, file=sys.stderr)
         return 3
+    except RunHalted as e:
+        print(e, file=sys.stderr)
+        return 1
     print(format_stats(report))
     print(f"output: {os.path.abspath(cfg.output.path)}")
     return 0

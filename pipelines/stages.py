@@ -5,10 +5,22 @@ Rows name the models they need (`perturber`, `gen_a`/`gen_b`, `ocr_engine`, `jud
 is loaded once per actor however many categories use it. Order: perturbers (they write the prompts
 generators draw), generators, OCR (it decides some text-rendering pairs before any judge runs),
 judges, reward models.
+
+Every pool actor runs its worker inside a `PoolStage`, which reports to the run's progress actor
+(pipelines/progress.py) and catches errors row by row: when a worker raises on a batch, the batch is
+retried one row at a time, and a row that still fails gets `stage_error` and passes through the later
+stages untouched, to become an error record (OUT/errors/, retried by the next run) counted against
+the run's error budget. That is the choice over Ray Data's `max_errored_blocks`, which drops a whole
+block (every row of it, with no record of which) and logs nothing a re-run can use.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+
+import pyarrow as pa
+import pyarrow.compute as pc
 from ray.data import ActorPoolStrategy
 
 from schemas.config import PoolConfig, RunConfig
@@ -17,6 +29,58 @@ from workers.judge import VLMJudge
 from workers.ocr import OcrReader
 from workers.perturber import LLMPerturber
 from workers.reward import RewardScorer
+from workers.runtime import column, with_columns
+
+log = logging.getLogger(__name__)
+
+
+class PoolStage:
+    """One actor of a pool: builds its worker (`worker_cls(**kwargs)`), reports loading, batches and their
+    ends to `progress` (a RunProgress actor, or None), and turns rows the worker raises on into error rows.
+    `pool_stage` makes one subclass per pool, named after it, which Ray Data's logs and `ray list actors`
+    then show (e.g. `MapWorker(MapBatches(generator:flux))`)."""
+
+    worker_cls: type
+    stage: str
+
+    def __init__(self, progress=None, **kwargs):
+        import ray
+
+        self.progress = progress
+        ctx = ray.get_runtime_context()
+        self.actor = ctx.get_actor_id()
+        self._report("loading", self.stage, self.actor, os.getpid(), ctx.get_node_id())
+        self.worker = self.worker_cls(**kwargs)
+        self._report("ready", self.actor)
+
+    def _report(self, event: str, *args) -> None:
+        if self.progress is not None:
+            getattr(self.progress, event).remote(*args)  # fire and forget: never wait on bookkeeping
+
+    def _call(self, rows: pa.Table) -> pa.Table:
+        try:
+            return with_columns(self.worker(rows), stage_error=pa.nulls(rows.num_rows, pa.string()))
+        except Exception as e:  # noqa: BLE001 (a bad row must not sink its batch: isolate it)
+            if rows.num_rows == 1:
+                return with_columns(rows, stage_error=pa.array([f"{self.stage}: {type(e).__name__}: {e}"[:500]]))
+            log.warning("%s: a batch of %d rows failed (%s: %s); retrying row by row", self.stage, rows.num_rows,
+                        type(e).__name__, str(e)[:200])
+            return pa.concat_tables([self._call(rows.slice(i, 1)) for i in range(rows.num_rows)],
+                                    promote_options="permissive")
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        self._report("started", self.actor, batch.num_rows)
+        failed = pc.is_valid(pa.array(column(batch, "stage_error"), pa.string()))
+        todo, passed = batch.filter(pc.invert(failed)), batch.filter(failed)  # failed rows skip the later stages
+        out = self._call(todo) if todo.num_rows else todo
+        if passed.num_rows:
+            out = pa.concat_tables([out, passed], promote_options="permissive") if out.num_rows else passed
+        self._report("finished", self.actor, batch.num_rows)
+        return out
+
+
+def pool_stage(worker_cls: type, stage: str) -> type:
+    return type(stage, (PoolStage,), {"worker_cls": worker_cls, "stage": stage})
 
 
 def pool_args(pool: PoolConfig, runtime_env: dict | None) -> dict:
@@ -54,34 +118,39 @@ def model_refs(cfg: RunConfig) -> list[str]:
             + [d for o in used["ocr"] for d in (cfg.ocr[o].det_model_dir, cfg.ocr[o].rec_model_dir) if d])
 
 
-def apply_worker_pools(ds, cfg: RunConfig, model_paths: dict[str, str], runtime_env: dict | None = None,
-                       marker_nonce: str | None = None):
-    """Each pool a streaming actor-pool stage. `runtime_env` (env vars) is set per stage so it merges
-    with, rather than replaces, a submitted job's runtime env. `marker_nonce`: the run's data-marker nonce,
-    the same for every judge and perturber actor."""
+def pool_specs(cfg: RunConfig, model_paths: dict[str, str], marker_nonce: str | None = None) -> list[tuple]:
+    """The run's pools in pipeline order: (worker class, stage name `kind:name`, its config, constructor kwargs)."""
     used = used_models(cfg)
+    specs = []
     for name in used["perturbers"]:
         p = cfg.perturbers[name]
-        path = model_paths.get(p.model, p.model)
-        ds = ds.map_batches(LLMPerturber, fn_constructor_kwargs=dict(name=name, cfg=p.model_dump(), model_path=path,
-                                                                     nonce=marker_nonce),
-                            batch_size=p.batch_size, **pool_args(p.pool, runtime_env))
+        specs.append((LLMPerturber, "perturber", name, p, dict(model_path=model_paths.get(p.model, p.model), nonce=marker_nonce)))
     for name in used["generators"]:
         g = cfg.generators[name]
-        ds = ds.map_batches(DiffusersGenerator, batch_size=g.batch_size, **pool_args(g.pool, runtime_env),
-                            fn_constructor_kwargs=dict(name=name, cfg=g.model_dump(), model_path=model_paths[g.model]))
+        specs.append((DiffusersGenerator, "generator", name, g, dict(model_path=model_paths[g.model])))
     for name in used["ocr"]:
-        o = cfg.ocr[name]
-        ds = ds.map_batches(OcrReader, fn_constructor_kwargs=dict(name=name, cfg=o.model_dump()),
-                            batch_size=o.batch_size, **pool_args(o.pool, runtime_env))
+        specs.append((OcrReader, "ocr", name, cfg.ocr[name], {}))
     for name in used["judges"]:
         j = cfg.judges[name]
-        ds = ds.map_batches(VLMJudge, batch_size=j.batch_size, **pool_args(j.pool, runtime_env),
-                            fn_constructor_kwargs=dict(name=name, cfg=j.model_dump(), model_path=model_paths[j.model],
-                                                       nonce=marker_nonce))
+        specs.append((VLMJudge, "judge", name, j, dict(model_path=model_paths[j.model], nonce=marker_nonce)))
     for name in used["rewards"]:
         r = cfg.rewards[name]
-        ds = ds.map_batches(RewardScorer, batch_size=r.batch_size, **pool_args(r.pool, runtime_env),
-                            fn_constructor_kwargs=dict(name=name, cfg=r.model_dump(), model_path=model_paths[r.model],
-                                                       checkpoint_path=model_paths.get(r.checkpoint)))
+        specs.append((RewardScorer, "reward", name, r, dict(model_path=model_paths[r.model],
+                                                               checkpoint_path=model_paths.get(r.checkpoint))))
+    return [(cls, f"{kind}:{name}", c, dict(name=name, cfg=c.model_dump(), **kw)) for cls, kind, name, c, kw in specs]
+
+
+def apply_worker_pools(ds, cfg: RunConfig, model_paths: dict[str, str], runtime_env: dict | None = None,
+                       progress=None, marker_nonce: str | None = None):
+    """Each pool a streaming actor-pool stage (a `PoolStage` reporting to `progress`). `runtime_env` (env
+    vars) is set per stage so it merges with, rather than replaces, a submitted job's runtime env.
+    `marker_nonce`: the run's data-marker nonce, the same for every judge and perturber actor."""
+    specs = pool_specs(cfg, model_paths, marker_nonce)
+    # Blocks no bigger than the smallest pool batch: a pool task takes a block and passes its rows on only
+    # when the whole block is done, so a big block (the planner's are up to 8192 rows) keeps the next pool
+    # idle meanwhile, and a killed actor loses the whole block's work.
+    ds = ds.repartition(target_num_rows_per_block=min(c.batch_size for _, _, c, _ in specs))
+    for worker_cls, stage, c, kwargs in specs:
+        ds = ds.map_batches(pool_stage(worker_cls, stage), batch_size=c.batch_size, **pool_args(c.pool, runtime_env),
+                            fn_constructor_kwargs=dict(progress=progress, **kwargs))
     return ds

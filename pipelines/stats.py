@@ -163,7 +163,9 @@ def compute_stats(out: str | Path) -> dict:
     def rate(num, den):
         return round(num / den, 4) if den else None
 
-    report = {"categories": {}, "totals": Counter()}
+    summed = ("pairs", "undecided", "errors", "votes", "abstentions", "judge_verdicts", "position_flips",
+              "reward_checked", "reward_consistent", "confidence_stored", "confidence_below_half")
+    report = {"categories": {}, "totals": Counter(dict.fromkeys(summed, 0))}  # all keys, even for an empty output
     for cat in sorted(cats):
         c = cats[cat]
         report["categories"][cat] = {
@@ -183,9 +185,7 @@ def compute_stats(out: str | Path) -> dict:
                        "agrees_with_label": rate(c["score_agrees"], c["scored"]),
                        "mean_std": rate(c["score_std"], 2 * c["scored"])} if c["scored"] else None,
         }
-        report["totals"].update({k: c[k] for k in ("pairs", "undecided", "errors", "votes", "abstentions",
-                                                    "judge_verdicts", "position_flips", "reward_checked",
-                                                    "reward_consistent", "confidence_stored", "confidence_below_half")})
+        report["totals"].update({k: c[k] for k in summed})
     t = report["totals"]
     decisions = Counter()
     for c in report["categories"].values():

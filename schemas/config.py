@@ -249,6 +249,20 @@ class RayConfig(Strict):
     env_vars: dict[str, str] = {}
 
 
+class RunLimits(Strict):
+    """How a run watches itself: progress lines, the no-progress watchdog and the error budget. Not part of
+    the data (left out of the config hash)."""
+
+    watchdog_s: float | None = Field(
+        1800, gt=0, description="fail the run, naming the pool, when no pool finishes a batch or loads its model "
+                                "for this long (null: wait forever). Generous by default: a cold load of a large "
+                                "model on a cluster (weights from shared storage, engine start) can take many minutes")
+    progress_s: float = Field(30, gt=0, description="seconds between progress lines (rows, rows/s, ETA per category)")
+    max_error_rows: int = Field(10, ge=0, description="error budget: rows that may fail (generation, a worker raising "
+                                                      "on them) before the run stops; the larger of this and ...")
+    max_error_share: float = Field(0.01, ge=0, le=1, description="... this share of the rows planned by the run")
+
+
 class OutputConfig(Strict):
     path: str
     rows_per_file: int = Field(1000, ge=1, description="upper bound on rows per Parquet shard")
@@ -261,6 +275,7 @@ class RunConfig(Strict):
     seed: int = 0
     output: OutputConfig
     ray: RayConfig = RayConfig()
+    run: RunLimits = RunLimits()
     prompts: list[PromptSource] = Field(min_length=1)
     filters: PromptFilters = PromptFilters()
     generators: dict[str, GeneratorConfig]
@@ -332,8 +347,9 @@ class RunConfig(Strict):
         return self
 
     def config_hash(self) -> str:
-        """Hash of what decides the data: everything but where it runs and where it is written."""
-        return stable_hash(self.model_dump(mode="json", exclude={"ray": True, "output": {"path", "lease_timeout_s"}}))
+        """Hash of what decides the data: everything but where it runs, how it is watched and where it is written."""
+        where = {"ray": True, "run": True, "output": {"path", "lease_timeout_s"}}
+        return stable_hash(self.model_dump(mode="json", exclude=where))
 
 
 class ConfigError(ValueError):

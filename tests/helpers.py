@@ -46,7 +46,7 @@ def small_run_config(tmp_path: Path, n_prompts: int = 8, overrides: dict | None 
         node = data
         *parents, leaf = key
         for key in parents:
-            node = node[key]
+            node = node.setdefault(key, {})
         node[leaf] = value
     return RunConfig.model_validate(data)
 

@@ -8,11 +8,13 @@ from helpers import small_run_config, write_jsonl
 from pipelines.prompts import normalize_text, plan_prompts
 
 
-def plan(tmp_path, sources, **filters):
+def plan(tmp_path, sources, categories=None, **filters):
     filters = {"semantic_dedup": False, **filters}  # the embedder actor only where a test is about it
     cfg = small_run_config(tmp_path)
     cfg = cfg.model_copy(update={"prompts": [cfg.prompts[0].model_copy(update=s) for s in sources],
                                  "filters": cfg.filters.model_copy(update=filters)})
+    for name, update in (categories or {}).items():
+        cfg.categories[name] = cfg.categories[name].model_copy(update=update)
     kept, rejects = plan_prompts(cfg)
     return kept.take_all(), rejects.take_all()
 
@@ -95,7 +97,9 @@ def test_semantic_dedup_collapses_paraphrases_and_keeps_distinct_prompts(ray_ses
         {"prompt": "two cups of coffee on a marble counter"},
         {"prompt": "three green apples in a row on a wooden table"},             # similar words, other colour
     ])
-    kept, rejects = plan(tmp_path, [{"path": str(path), "source": "t"}], semantic_dedup=True)
+    # dedup runs when some prompt goes to a category of the run (else the run has nothing to do): route them all
+    kept, rejects = plan(tmp_path, [{"path": str(path), "source": "t", "category_field": None}], semantic_dedup=True,
+                         categories={"composition": {"sources": ["t"]}})
     near = {r["line"]: r["reject_reason"] for r in rejects}
     assert set(near) == {2, 4} and all(v.startswith("near_duplicate_of: ") for v in near.values())
     assert sorted(r["line"] for r in kept) == [1, 3, 5, 6, 7]
