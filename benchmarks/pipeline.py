@@ -51,9 +51,9 @@ def isolated_rates(cfg, n: int) -> dict[str, float]:
     import numpy as np
     import pyarrow as pa
 
-    from pipelines.recipes import recipe
     from pipelines.run import resolve_models
     from pipelines.stages import pool_specs
+    from schemas.category import get_category
     from schemas.pair import make_prompt_id
     from workers.runtime import setup_worker
 
@@ -61,7 +61,7 @@ def isolated_rates(cfg, n: int) -> dict[str, float]:
     texts = [json.loads(line)["prompt"] for line in Path(cfg.prompts[0].path).read_text().splitlines()][:n]
     batch = {"prompt": np.array(texts, dtype=object), "prompt_source": np.array(["bench"] * n, dtype=object),
              "prompt_id": np.array([make_prompt_id("bench", t) for t in texts], dtype=object)}
-    table = recipe("composition").plan(batch, cfg)
+    table = get_category("composition").plan(batch, cfg)
     rates = {}
     for worker_cls, stage, c, kwargs in pool_specs(cfg, resolve_models(cfg)):
         worker = worker_cls(**kwargs)

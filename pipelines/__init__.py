@@ -1,6 +1,6 @@
-"""pairforge pipelines: category recipes and the run / stats entry points (Ray Data graphs).
+"""pairforge pipelines: the categories (pipelines/categories/) and the run / stats entry points (Ray Data graphs).
 
-The few things a user imports (loaded on first use, so importing one recipe module stays light):
+The few things a user imports (loaded on first use, so importing one category module stays light):
     from pipelines import run, load_run_config, compute_stats
 """
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 from ray.data.datasource import FileBasedDatasource
 from ray.data.expressions import col
 
+from schemas.category import get_category
 from schemas.config import PromptFilters, PromptSource, RunConfig
 from schemas.pair import make_prompt_id, stable_hash
 
@@ -294,7 +295,7 @@ def plan_prompts(cfg: RunConfig, runtime_env: dict | None = None):
     """Returns (kept prompts, rejects) as Ray Datasets. Kept prompts are unique across all sources
     (exactly, and semantically when enabled and some prompt goes to a category) and carry the `category`
     they are routed to (None when no category of this run takes them)."""
-    from pipelines.recipes import route_batch
+    from pipelines.routing import route_batch, run_categories
 
     terms = blocklist_terms(cfg.filters)
     parts = []
@@ -314,7 +315,8 @@ def plan_prompts(cfg: RunConfig, runtime_env: dict | None = None):
     valid = valid.filter(expr=col("reject_reason").is_null())
     # Routed before semantic dedup (routing is per prompt, so the result is the same) so that the embedder,
     # a model load, is skipped when no prompt goes to a category of this run: that run has nothing to do.
-    kept = valid.map_batches(route_batch, fn_kwargs=dict(cfg=cfg), batch_format="pyarrow").materialize()
+    kept = valid.map_batches(route_batch, fn_kwargs=dict(cfg=cfg, categories=run_categories(cfg)),
+                             batch_format="pyarrow").materialize()
     if cfg.filters.semantic_dedup and kept.filter(expr=col("category").is_not_null()).count():
         kept = semantic_dedup(kept, cfg, partitions, runtime_env).materialize()
         rejected.append(kept.filter(expr=col("reject_reason").is_not_null()).drop_columns(["category"]))
@@ -346,7 +348,9 @@ def nothing_to_do(cfg: RunConfig, kept: list[dict], rejects: pa.Table | None, re
     found = "; ".join(f"source {src.name!r} ({src.path}): {usable[src.name]} usable"
                       + (f", {src.category_field!r} = {hints[src.name]}" if usable[src.name] and src.category_field else "")
                       for src in cfg.prompts)
+    wants = "; ".join([f"{c}: {get_category(c).prompt_filter}" for c in cfg.categories if get_category(c).prompt_filter]
+                      + ["existing_images: an image"])
     return (f"prompts: none of the {len(kept)} usable prompts goes to a category of this run "
             f"({', '.join(cfg.categories)}). A category takes the prompts of the sources it lists "
             "(categories.<name>.sources), else those whose category field names it, and of those only what its "
-            f"filter accepts (text_rendering: quoted text; human_quality: people; existing_images: an image). {found}")
+            f"filter accepts ({wants}). {found}")

@@ -1,6 +1,6 @@
-"""Pair planning and record building shared by every recipe.
+"""Pair planning and record building shared by every category (schemas/category.py).
 
-A recipe plans *pair specs* (which generator draws each side from which prompt and seed, who labels
+A category plans *pair specs* (which generator draws each side from which prompt and seed, who labels
 it) and decides a winner; this module turns specs into the working columns the worker pools read,
 and finished rows into typed records of the pair, undecided or error kind.
 
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
@@ -25,20 +23,21 @@ import pyarrow as pa
 
 from pipelines.calibration import calibrated_rewards, pair_reward_consistency, pareto_fronts, select_pair
 from pipelines.store import ERROR_SCHEMA
+from schemas.category import Category
 from schemas.config import RunConfig
-from schemas.pair import PAIR_FIELDS, PIPELINE_VERSION, UNDECIDED_FIELDS, make_pair_id, stable_hash
+from schemas.pair import PIPELINE_VERSION, make_pair_id, pair_schema, stable_hash, undecided_schema
 
 EXISTING = ""  # gen_a of a side that is the prompt's existing image, not a generator's
 
 
-def _row_schema() -> pa.Schema:
+def row_schema() -> pa.Schema:
+    """The labelled rows' schema: every column of the pair, undecided and error records, and `_kind` (which
+    of the three a row is). Built on the driver from the registered categories and passed to the label
+    step, since a worker's registry may lack a category defined in the driver's session."""
     fields: dict[str, pa.DataType] = {}
-    for name, typ in PAIR_FIELDS + UNDECIDED_FIELDS + [(f.name, f.type) for f in ERROR_SCHEMA]:
-        fields.setdefault(name, typ)
+    for f in [*pair_schema(), *undecided_schema(), *ERROR_SCHEMA]:
+        fields.setdefault(f.name, f.type)
     return pa.schema(list(fields.items()) + [("_kind", pa.string())])
-
-
-ROW_SCHEMA = _row_schema()
 
 WORK_COLUMNS = {
     "pair_id": pa.string(), "category": pa.string(), "prompt": pa.string(), "prompt_id": pa.string(),
@@ -131,17 +130,9 @@ def _json(value, default):
     return json.loads(value) if isinstance(value, str) and value else default
 
 
-@dataclass(frozen=True)
-class Label:
-    winner: str | None            # "a" | "b" | None (undecided)
-    source: str                   # label_source of the record
-    reason: str | None = None     # why undecided
-    agreement: float | None = None
-    confidence: float | None = None
-
-
-def build_records(rows: list[dict], cfg: RunConfig, decide: Callable[[dict], Label]) -> pa.Table:
-    """Finished working rows -> one typed table of pair, undecided and error records (`_kind`)."""
+def build_records(rows: list[dict], cfg: RunConfig, category: Category, schema: pa.Schema) -> pa.Table:
+    """Finished working rows of one category -> one table of pair, undecided and error records (`_kind`) in
+    `schema` (`row_schema()`): the category's `label` decides, its `record_values` fill its own fields."""
     config_hash, now = cfg.config_hash(), datetime.now(timezone.utc)
     out = []
     for row in rows:
@@ -156,34 +147,31 @@ def build_records(rows: list[dict], cfg: RunConfig, decide: Callable[[dict], Lab
             continue
         gen = {s: generator_record(cfg, row[f"gen_{s}"], row[f"seed_{s}"], row["prompt_source"]) for s in ("a", "b")}
         width, height = _image_size(row["image_b"])
-        ocr = _json(row.get("ocr"), None)
-        details = {"width": width, "height": height, "votes": _json(row.get("votes"), []),
-                   "edit_dimensions": _json(row.get("edit_dimensions"), None),
-                   "required_text": _json(row.get("required_text"), None)}
+        details = {"width": width, "height": height, "votes": _json(row.get("votes"), [])}
         scores = _json(row.get("scores"), None)
-        label = decide(row)
+        label = category.label(row, cfg)
         if label.winner is None:
-            out.append({**common, **details, "_kind": "undecided", "reason": label.reason,
-                        "prompt_b": row["prompt_b"] if row["prompt_b"] != row["prompt"] else None,
+            out.append({**common, **details, **category.record_values(row, {"a": "a", "b": "b"}), "_kind": "undecided",
+                        "reason": label.reason, "prompt_b": row["prompt_b"] if row["prompt_b"] != row["prompt"] else None,
                         "image_a": _image(row["image_a"], row["pair_id"], "a"),
                         "image_b": _image(row["image_b"], row["pair_id"], "b"),
-                        "generator_a": gen["a"], "generator_b": gen["b"], "ocr": _ocr_reads(ocr, {"a": "a", "b": "b"}),
-                        "scores": _scores(scores, {"a": "a", "b": "b"})})
+                        "generator_a": gen["a"], "generator_b": gen["b"], "scores": _scores(scores, {"a": "a", "b": "b"})})
             continue
         w, lo = label.winner, "b" if label.winner == "a" else "a"
         rewards = [{"model": r["model"], "score_w": r[f"score_{w}"], "score_l": r[f"score_{lo}"],
                     "calibrated_w": r.get(f"calibrated_{w}"), "calibrated_l": r.get(f"calibrated_{lo}")}
                    for r in _json(row.get("rewards"), [])]
         loser_prompt = row[f"prompt_{lo}"]
-        out.append({**common, **details, "_kind": "pairs", "label_source": label.source,
-                    "agreement": label.agreement, "confidence": label.confidence, "rewards": rewards,
+        out.append({**common, **details, **category.record_values(row, {"w": w, "l": lo}), "_kind": "pairs",
+                    "label_source": label.source, "agreement": label.agreement, "confidence": label.confidence,
+                    "rewards": rewards,
                     "reward_consistent": pair_reward_consistency(rewards),
                     "prompt_l": loser_prompt if loser_prompt != row["prompt"] else None,
                     "image_w": _image(row[f"image_{w}"], row["pair_id"], "w"),
                     "image_l": _image(row[f"image_{lo}"], row["pair_id"], "l"),
-                    "generator_w": gen[w], "generator_l": gen[lo], "ocr": _ocr_reads(ocr, {"w": w, "l": lo}),
-                    "scores": _scores(scores, {w: "w", lo: "l"}), "candidates": row.get("candidates")})
-    return pa.Table.from_pylist(out, schema=ROW_SCHEMA)
+                    "generator_w": gen[w], "generator_l": gen[lo], "scores": _scores(scores, {w: "w", lo: "l"}),
+                    "candidates": row.get("candidates")})
+    return pa.Table.from_pylist(out, schema=schema)
 
 
 def pick_from_candidates(row: dict, models: list[str]) -> dict:
@@ -207,13 +195,6 @@ def pick_from_candidates(row: dict, models: list[str]) -> dict:
                 "calibrated_b": cal[lo, k]} for k, m in enumerate(models)]
     return {**row, "image_a": images[w], "image_b": images[lo], "gen_a": gens[w], "gen_b": gens[lo],
             "seed_a": seeds[w], "seed_b": seeds[lo], "rewards": json.dumps(rewards), "candidates": candidates}
-
-
-def _ocr_reads(ocr: dict | None, sides: dict[str, str]) -> list[dict] | None:
-    if not ocr:
-        return None
-    return [{"side": tag, "text": ocr[f"text_{s}"], "exact": ocr[f"exact_{s}"], "ned": ocr[f"ned_{s}"]}
-            for tag, s in sides.items()]
 
 
 def _scores(scores: list[dict] | None, tags: dict[str, str]) -> list[dict] | None:

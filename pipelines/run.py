@@ -22,8 +22,8 @@ from ray.data.expressions import col
 from pipelines.lease import OutputBusy, OutputLease
 from pipelines.progress import RunHalted, RunMonitor, Watch, start_progress_actor
 from pipelines.prompts import PromptsError, nothing_to_do, plan_prompts
-from pipelines.recipes import recipe
-from pipelines.records import WORK_COLUMNS
+from pipelines.records import WORK_COLUMNS, build_records, row_schema
+from pipelines.routing import run_categories
 from pipelines.stages import apply_worker_pools, model_refs
 from pipelines.stats import format_stats, write_stats
 from pipelines.store import OutputStore, ShardSink, new_run_id
@@ -69,13 +69,14 @@ def init_ray(rc: RayConfig) -> None:
                  logging_level=logging.WARNING, runtime_env={"env_vars": {**WORKER_ENV, **rc.env_vars}})
 
 
-def label_rows(batch: pa.Table, cfg: RunConfig, progress=None) -> pa.Table:
-    """Route each row of a (possibly mixed) batch to its category's labeler; report what became of the
-    rows (pairs, undecided, errors per category, and the errors' messages) to the run's progress actor."""
+def label_rows(batch: pa.Table, cfg: RunConfig, categories: dict, schema: pa.Schema, progress=None) -> pa.Table:
+    """Label each row of a (possibly mixed) batch by its category (`categories`: the run's category objects)
+    into records of `schema` (`row_schema()`); report what became of the rows (pairs, undecided, errors per
+    category, and the errors' messages) to the run's progress actor."""
     by_category: dict[str, list[dict]] = {}
     for row in batch.to_pylist():
         by_category.setdefault(row["category"], []).append(row)
-    table = pa.concat_tables([recipe(cat).label(rows, cfg) for cat, rows in sorted(by_category.items())])
+    table = pa.concat_tables([build_records(rows, cfg, categories[cat], schema) for cat, rows in sorted(by_category.items())])
     if progress is not None:
         counts: dict[str, Counter] = {}
         errors = []
@@ -96,8 +97,6 @@ def resolve_models(cfg: RunConfig) -> dict[str, str]:
 def run(cfg: RunConfig, config_path: str | None = None, break_lease: bool = False) -> dict:
     """Run the config to completion (resuming whatever its output already holds); returns the stats report.
     Holds the output directory's lease throughout; raises OutputBusy if another run holds it."""
-    for category in cfg.categories:
-        recipe(category)  # fail before starting anything if a category has no recipe
     run_id = new_run_id()
     with OutputLease(cfg.output.path, run_id, timeout_s=cfg.output.lease_timeout_s, break_lease=break_lease) as lease:
         report = _run(cfg, OutputStore(cfg.output.path), run_id, config_path)
@@ -124,7 +123,8 @@ def plan(cfg: RunConfig, kept, store: OutputStore) -> tuple[list, dict[str, int]
     planned = dict.fromkeys(cfg.categories, 0)
     if not active:
         return [], planned
-    parts = [kept.filter(expr=col("category") == c).map_batches(recipe(c).plan, fn_kwargs=dict(cfg=cfg),
+    categories = run_categories(cfg)
+    parts = [kept.filter(expr=col("category") == c).map_batches(categories[c].plan, fn_kwargs=dict(cfg=cfg),
                                                                  batch_format="numpy") for c in active]
     todo = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     done_rows = sum(decided.get(c, 0) + undecided.get(c, 0) for c in active)
@@ -177,7 +177,8 @@ def _run(cfg: RunConfig, store: OutputStore, run_id: str, config_path: str | Non
         progress = start_progress_actor()
         ds = branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
         ds = apply_worker_pools(ds, cfg, model_paths, env, progress, marker_nonce)
-        ds = ds.map_batches(label_rows, fn_kwargs=dict(cfg=cfg, progress=progress), batch_format="pyarrow")
+        ds = ds.map_batches(label_rows, fn_kwargs=dict(cfg=cfg, categories=run_categories(cfg), schema=row_schema(),
+                                                       progress=progress), batch_format="pyarrow")
         watchdog = cfg.run.watchdog_s
         # Ray Data's own no-progress timeout stays as a backstop, later than the watchdog that names the pool.
         ds.context.execution_no_progress_timeout_s = 2 * watchdog if watchdog else -1

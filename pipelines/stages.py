@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data import ActorPoolStrategy
 
+from pipelines.routing import run_categories
 from schemas.config import PoolConfig, RunConfig
 from workers.generator import DiffusersGenerator
 from workers.judge import VLMJudge
@@ -130,9 +131,11 @@ def pool_specs(cfg: RunConfig, model_paths: dict[str, str], marker_nonce: str | 
         specs.append((DiffusersGenerator, "generator", name, g, dict(model_path=model_paths[g.model])))
     for name in used["ocr"]:
         specs.append((OcrReader, "ocr", name, cfg.ocr[name], {}))
+    rubrics = {name: category.rubric for name, category in run_categories(cfg).items()}
     for name in used["judges"]:
         j = cfg.judges[name]
-        specs.append((VLMJudge, "judge", name, j, dict(model_path=model_paths[j.model], nonce=marker_nonce)))
+        specs.append((VLMJudge, "judge", name, j, dict(model_path=model_paths[j.model], nonce=marker_nonce,
+                                                          rubrics=rubrics)))
     for name in used["rewards"]:
         r = cfg.rewards[name]
         specs.append((RewardScorer, "reward", name, r, dict(model_path=model_paths[r.model],

@@ -109,6 +109,9 @@ class ShardSink(Datasink):
 
     def __init__(self, out: str | Path, run_id: str, rows_per_file: int):
         self.out, self.run_id, self.rows_per_file = Path(out), run_id, rows_per_file
+        # Built here, on the driver: the record schemas follow the registered categories, and a write
+        # task's registry may lack one registered only in the driver's session.
+        self.schemas = {kind: schema_for(kind) for kind in KINDS}
         self.written: list[dict] = []
 
     @property
@@ -145,7 +148,7 @@ class ShardSink(Datasink):
                                      for e in entries])
             table = table.filter(pc.invert(pc.is_in(table["pair_id"], value_set=done)))
         for kind in KINDS:
-            schema = schema_for(kind)
+            schema = self.schemas[kind]
             of_kind = table.filter(pc.equal(table["_kind"], kind))
             for category in sorted(set(of_kind["category"].to_pylist())):
                 rows = of_kind.filter(pc.equal(of_kind["category"], category))

@@ -32,7 +32,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from pipelines.records import Label
+from schemas.category import Label
 from schemas.config import PanelConfig
 
 TIE_MARGIN = PanelConfig.model_fields["tie_margin"].default

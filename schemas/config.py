@@ -6,26 +6,18 @@ Relative paths in a config resolve against the current working directory (the re
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, create_model, field_validator, model_validator
 
-from schemas.pair import CATEGORIES, stable_hash
+from schemas import category as category_registry
+from schemas.category import CategoryConfig
+from schemas.pair import stable_hash
 
 NONCE_PATTERN = r"[0-9A-Za-z]{8,64}"  # the data markers' nonce (workers/rubrics.py)
-
-# What each category's recipe needs from its config: (min, max) generators (max None = a pool),
-# whether side A may be an existing image, and the fields it cannot do without.
-CATEGORY_NEEDS = {
-    "composition": {"generators": (2, 2), "existing_images": True, "required": ["panel"]},
-    "aesthetics": {"generators": (2, 2), "existing_images": True, "required": ["panel"]},
-    "human_quality": {"generators": (2, 2), "existing_images": True, "required": ["panel"]},
-    "alignment": {"generators": (1, 1), "existing_images": False, "required": ["perturber"]},
-    "text_rendering": {"generators": (2, None), "existing_images": False, "required": ["panel", "ocr"]},
-}
-
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -221,26 +213,6 @@ class OcrConfig(Strict):
         return self
 
 
-class CategoryConfig(Strict):
-    target_pairs: int | None = Field(None, ge=1, description="stop once this many pairs exist in the output")
-    sources: list[str] | None = Field(
-        None, description="prompt sources routed here (default: prompts whose category hint names this category)")
-    generators: list[str] = Field(min_length=1, description="two for A-vs-B categories (one with existing_images), "
-                                                            "one for alignment, a pool of two or more for text_rendering")
-    panel: str | None = Field(None, description="VLM panel (text_rendering: stage 2)")
-    score_judges: list[str] = Field([], description="judges that also give each image of a pair a 1-10 score "
-                                                    "distribution by the category's rubric (stored in `scores`)")
-    rewards: list[str] = []
-    existing_images: bool = Field(False, description="side A is the prompt's existing image (sources with image_field)")
-    best_of_n: int | None = Field(None, ge=2, description="A-vs-B categories: draw N images per prompt (round-robin "
-                                                          "over the generators) and pick the pair by the rewards: "
-                                                          "best vs worst, or CaPO calibration + Pareto fronts")
-    perturber: str | None = Field(None, description="alignment: name in `perturbers`")
-    ocr: str | None = Field(None, description="text_rendering: name in `ocr`")
-    min_text_chars: int = Field(2, ge=1, description="text_rendering: shortest text to render (characters)")
-    max_text_chars: int = Field(40, ge=1, description="text_rendering: longest text to render (characters)")
-
-
 class RayConfig(Strict):
     address: str | None = Field(None, description="cluster address; default: $RAY_ADDRESS, else a local Ray")
     num_cpus: int | None = Field(None, ge=1, description="local Ray only: logical CPUs (default: all cores)")
@@ -284,12 +256,25 @@ class RunConfig(Strict):
     rewards: dict[str, RewardConfig] = {}
     perturbers: dict[str, PerturberConfig] = {}
     ocr: dict[str, OcrConfig] = {}
-    categories: dict[str, CategoryConfig] = Field(min_length=1)
+    categories: dict[str, SerializeAsAny[CategoryConfig]] = Field(
+        min_length=1, description="category name -> its settings (each category's own model, schemas/category.py)")
     marker_nonce: str | None = Field(
         None, pattern=f"^{NONCE_PATTERN}$",
         description="the tag in the judge's and perturber's data markers; default: drawn at random once per output "
                     "directory and kept there, so resumed runs show the judges the same prompt. Pin it to compare "
                     "runs across outputs (data written before the run cannot know a random one)")
+
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _category_models(cls, v):
+        """Each `categories.<name>` against its category's own config model (errors keep their keys)."""
+        if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+            return v  # the declared type reports it
+        known = category_registry.registered()
+        for name in v:
+            if name not in known:
+                raise ValueError(f"unknown category {name!r} (known: {', '.join(known)})")
+        return dict(_categories_model(tuple((k, known[k].config) for k in v)).model_validate(v))
 
     @model_validator(mode="after")
     def _references_resolve(self):
@@ -301,25 +286,19 @@ class RunConfig(Strict):
         sources = [s.name for s in self.prompts]
         for cat, c in self.categories.items():
             where = f"categories.{cat}"
-            if cat not in CATEGORIES:
-                raise ValueError(f"categories: unknown category {cat!r} (known: {', '.join(CATEGORIES)})")
+            category = category_registry.get_category(cat)
             check("generator", c.generators, self.generators, f"{where}.generators")
             check("reward", c.rewards, self.rewards, f"{where}.rewards")
             check("judge", c.score_judges, self.judges, f"{where}.score_judges")
             check("prompt source", c.sources or [], dict.fromkeys(sources), f"{where}.sources")
-            if c.panel is not None:
-                check("panel", [c.panel], self.panels, f"{where}.panel")
-            if c.perturber is not None:
-                check("perturber", [c.perturber], self.perturbers, f"{where}.perturber")
-            if c.ocr is not None:
-                check("ocr", [c.ocr], self.ocr, f"{where}.ocr")
-            need = CATEGORY_NEEDS.get(cat)
-            if need is None:
-                raise ValueError(f"{where}: no recipe for {cat!r} yet (image categories: {', '.join(CATEGORY_NEEDS)})")
+            for field, section in _REFERENCES.items():  # named models, on the base or a category's own config
+                name = getattr(c, field, None)
+                if name is not None:
+                    check(field, [name], getattr(self, section), f"{where}.{field}")
             n = len(c.generators)
-            lo, hi = need["generators"]
+            lo, hi = category.generators
             if c.existing_images:
-                if not need["existing_images"]:
+                if not category.existing_images:
                     raise ValueError(f"{where}.existing_images: {cat} does not take existing images")
                 lo, hi = 1, 1
             if c.best_of_n:
@@ -328,15 +307,16 @@ class RunConfig(Strict):
                 want = f"{lo}" if lo == hi else f"at least {lo}"
                 raise ValueError(f"{where}.generators: {cat} needs {want} generator(s), got {n}")
             if c.best_of_n is not None:
-                if not need["existing_images"] or c.existing_images:
-                    raise ValueError(f"{where}.best_of_n: only for generated A-vs-B categories "
-                                     "(composition, aesthetics, human_quality) without existing_images")
+                if not category.best_of_n or c.existing_images:
+                    takers = ", ".join(n for n, k in category_registry.registered().items() if k.best_of_n)
+                    raise ValueError(f"{where}.best_of_n: only for generated A-vs-B categories ({takers}) "
+                                     "without existing_images")
                 if not c.rewards:
                     raise ValueError(f"{where}.best_of_n: needs rewards to choose the pair")
                 if c.score_judges:
                     raise ValueError(f"{where}.score_judges: not with best_of_n (the rewards choose the pair's "
                                      "images after the judges have run)")
-            for field in need["required"]:
+            for field in category.required:
                 if getattr(c, field) is None and not (field == "panel" and c.best_of_n):
                     raise ValueError(f"{where}.{field}: required for {cat}")
             sizes = {(self.generators[g].width, self.generators[g].height) for g in c.generators}
@@ -350,6 +330,16 @@ class RunConfig(Strict):
         """Hash of what decides the data: everything but where it runs, how it is watched and where it is written."""
         where = {"ray": True, "run": True, "output": {"path", "lease_timeout_s"}}
         return stable_hash(self.model_dump(mode="json", exclude=where))
+
+
+# Category config fields that name a model defined in another section of the run config.
+_REFERENCES = {"panel": "panels", "perturber": "perturbers", "ocr": "ocr"}
+
+
+@cache
+def _categories_model(fields: tuple[tuple[str, type], ...]) -> type[BaseModel]:
+    """A model with one field per configured category, typed by that category's config model."""
+    return create_model("Categories", __config__=ConfigDict(extra="forbid"), **{k: (t, ...) for k, t in fields})
 
 
 class ConfigError(ValueError):
@@ -420,8 +410,7 @@ class TrainData(Strict):
     @classmethod
     def _known_categories(cls, v):
         for c, w in (v or {}).items():
-            if c not in CATEGORIES:
-                raise ValueError(f"unknown category {c!r} (known: {', '.join(CATEGORIES)})")
+            category_registry.get_category(c)  # raises "unknown category ..."
             if w <= 0:
                 raise ValueError(f"category {c!r}: mixture weight must be > 0, got {w}")
         return v

@@ -1,5 +1,8 @@
 """The pair-shard record: one pyarrow schema for decided pairs, one for pairs the labeler left undecided.
 
+Category-specific columns come from the registered categories (`Category.record_fields`, schemas/category.py),
+null where they do not apply: the built-ins give today's schema whatever the run's categories are.
+
 Images are `{bytes, path}` structs, the layout Hugging Face `datasets` decodes as `Image()`; the schema
 metadata carries the `datasets` features so `load_dataset("parquet", ...)` yields PIL images.
 """
@@ -14,9 +17,6 @@ import pyarrow as pa
 
 PIPELINE_VERSION = "0.1.0"
 
-IMAGE_CATEGORIES = ("aesthetics", "alignment", "text_rendering", "human_quality", "composition")
-VIDEO_CATEGORIES = ("motion_quality", "visual_quality", "video_text_alignment")
-CATEGORIES = IMAGE_CATEGORIES + VIDEO_CATEGORIES
 LABEL_SOURCES = ("vlm_panel", "ocr", "construction", "inherited", "reward")
 UNDECIDED_REASONS = ("tie", "no_quorum", "conflict", "all_abstained")
 
@@ -79,42 +79,67 @@ _COMMON_TAIL = [
     ("config_hash", pa.string()),
 ]
 
-# Category-specific fields, null where they do not apply.
-_DETAIL_FIELDS = [
-    ("edit_dimensions", pa.list_(pa.string())),   # alignment: the dimensions the loser's prompt changed
-    ("required_text", pa.list_(pa.string())),     # text_rendering: the spans the image must show
-    ("ocr", pa.list_(OCR_READ)),                  # text_rendering: both images' OCR reads
-    ("scores", pa.list_(SCORE)),                  # categories with score_judges: each judge's score of each image
-]
+_SCORES = ("scores", pa.list_(SCORE))     # categories with score_judges: each judge's score of each image
 
-PAIR_FIELDS = _COMMON_HEAD + [
-    ("prompt_l", pa.string()),        # the prompt the loser was generated from, when it differs (alignment)
-    ("image_w", IMAGE),
-    ("image_l", IMAGE),
-    ("generator_w", GENERATOR),
-    ("generator_l", GENERATOR),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("label_source", pa.string()),
-    ("votes", pa.list_(VOTE)),
-    ("agreement", pa.float64()),      # share of the judges with a verdict that chose the winner
-    ("confidence", pa.float64()),     # the winner's probability, >= 0.5 (see pipelines/voting.py)
-    ("rewards", pa.list_(REWARD)),
-    ("reward_consistent", pa.bool_()),  # every reward model ranks the winner higher; null with < 2 rewards
-    ("candidates", pa.list_(CANDIDATE)),  # best-of-N only: all N images with raw and calibrated rewards
-] + _DETAIL_FIELDS + _COMMON_TAIL
 
-UNDECIDED_FIELDS = _COMMON_HEAD + [
-    ("prompt_b", pa.string()),
-    ("image_a", IMAGE),
-    ("image_b", IMAGE),
-    ("generator_a", GENERATOR),
-    ("generator_b", GENERATOR),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("reason", pa.string()),          # one of UNDECIDED_REASONS
-    ("votes", pa.list_(VOTE)),
-] + _DETAIL_FIELDS + _COMMON_TAIL
+def __getattr__(name: str):
+    """CATEGORIES / IMAGE_CATEGORIES: the registered categories' names (schemas/category.py), read when asked
+    for, since the built-ins register on first use."""
+    from schemas.category import registered
+
+    if name == "CATEGORIES":
+        return tuple(registered())
+    if name == "IMAGE_CATEGORIES":
+        return tuple(n for n, c in registered().items() if c.media == "image")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def detail_fields() -> list[tuple[str, pa.DataType]]:
+    """Category-specific fields (each registered category's `record_fields`, in registration order), null
+    where they do not apply, then `scores`."""
+    from schemas.category import registered
+
+    fields: dict[str, pa.DataType] = {}
+    for category in registered().values():
+        for name, typ in category.record_fields:
+            if fields.setdefault(name, typ) != typ:
+                raise ValueError(f"category {category.name!r}: record field {name!r} is {typ}, another category's "
+                                 f"is {fields[name]}")
+    return [*fields.items(), _SCORES]
+
+
+def pair_fields(details: list | None = None) -> list[tuple[str, pa.DataType]]:
+    return _COMMON_HEAD + [
+        ("prompt_l", pa.string()),        # the prompt the loser was generated from, when it differs (alignment)
+        ("image_w", IMAGE),
+        ("image_l", IMAGE),
+        ("generator_w", GENERATOR),
+        ("generator_l", GENERATOR),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("label_source", pa.string()),
+        ("votes", pa.list_(VOTE)),
+        ("agreement", pa.float64()),      # share of the judges with a verdict that chose the winner
+        ("confidence", pa.float64()),     # the winner's probability, >= 0.5 (see pipelines/voting.py)
+        ("rewards", pa.list_(REWARD)),
+        ("reward_consistent", pa.bool_()),  # every reward model ranks the winner higher; null with < 2 rewards
+        ("candidates", pa.list_(CANDIDATE)),  # best-of-N only: all N images with raw and calibrated rewards
+    ] + (details if details is not None else detail_fields()) + _COMMON_TAIL
+
+
+def undecided_fields(details: list | None = None) -> list[tuple[str, pa.DataType]]:
+    return _COMMON_HEAD + [
+        ("prompt_b", pa.string()),
+        ("image_a", IMAGE),
+        ("image_b", IMAGE),
+        ("generator_a", GENERATOR),
+        ("generator_b", GENERATOR),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("reason", pa.string()),          # one of UNDECIDED_REASONS
+        ("votes", pa.list_(VOTE)),
+    ] + (details if details is not None else detail_fields()) + _COMMON_TAIL
+
 
 _IMAGE_COLUMNS = ("image_w", "image_l", "image_a", "image_b")
 
@@ -130,14 +155,18 @@ def _with_hf_features(fields) -> pa.Schema:
     return schema.with_metadata({"huggingface": json.dumps({"info": {"features": features.to_dict()}})})
 
 
-@cache
 def pair_schema() -> pa.Schema:
-    return _with_hf_features(PAIR_FIELDS)
+    """The decided-pair record for the registered categories (built on the driver; workers get it passed)."""
+    return _schema("pairs", tuple(detail_fields()))
+
+
+def undecided_schema() -> pa.Schema:
+    return _schema("undecided", tuple(detail_fields()))
 
 
 @cache
-def undecided_schema() -> pa.Schema:
-    return _with_hf_features(UNDECIDED_FIELDS)
+def _schema(kind: str, details: tuple) -> pa.Schema:
+    return _with_hf_features((pair_fields if kind == "pairs" else undecided_fields)(list(details)))
 
 
 def stable_hash(*parts: object, length: int = 16) -> str:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import REPO, small_run_config
 
-from pipelines import alignment
+from pipelines.categories.alignment import Alignment
 from pipelines.perturb import DIMENSIONS, changed_dimensions, dimension_terms, draw_num_dimensions, perturb_lexicon
 
 PROMPTS = [json.loads(line)["prompt"] for line in (REPO / "prompts/pairforge-v1.jsonl").read_text().splitlines()]
@@ -65,11 +65,11 @@ def test_alignment_plan_uses_one_generator_and_seed_for_both_sides(tmp_path: Pat
         "alignment": {"generators": ["sd"], "perturber": "lexicon"}}})
     batch = {"prompt": np.array(PROMPTS[:20], dtype=object), "prompt_id": np.array([f"p{i}" for i in range(20)], dtype=object),
              "prompt_source": np.array(["t"] * 20, dtype=object)}
-    rows = alignment.plan(batch, cfg).to_pylist()
+    rows = Alignment().plan(batch, cfg).to_pylist()
     for r in rows:
         assert r["gen_a"] == r["gen_b"] == "sd" and r["seed_a"] == r["seed_b"]
         assert r["prompt_a"] == r["prompt"] != r["prompt_b"] and r["judges"] == ""
         dims = json.loads(r["edit_dimensions"])
         assert len(dims) == r["edit_k"] and changed_dimensions(r["prompt_a"], r["prompt_b"]) == set(dims)
     assert len({r["pair_id"] for r in rows}) == 20
-    assert rows == alignment.plan(batch, cfg).to_pylist()  # planning is deterministic: a re-run skips done ids
+    assert rows == Alignment().plan(batch, cfg).to_pylist()  # planning is deterministic: a re-run skips done ids

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from pipelines.store import OutputStore
 from schemas.config import RunConfig
-from workers.rubrics import RUBRICS, data_markers, new_nonce, pairwise_instruction, parse_choice, sanitize_untrusted
+from workers.rubrics import data_markers, new_nonce, pairwise_instruction, parse_choice, sanitize_untrusted
 
 SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "<|endoftext|>"]
 NONCE = "5f0c1d2e3a4b6978"
@@ -100,14 +100,19 @@ def test_the_nonce_is_random_per_output_kept_for_resumes_and_pinnable(tmp_path):
 
 
 def test_every_category_has_pairwise_and_score_rubrics():
-    from schemas.pair import CATEGORIES
-    from workers.rubrics import SCORE_RUBRICS, score_messages
+    from schemas.category import registered
+    from workers.rubrics import score_messages
 
-    assert set(CATEGORIES) == set(RUBRICS) == set(SCORE_RUBRICS)
-    with pytest.raises(ValueError, match="no pairwise rubric"):
+    for name, category in registered().items():
+        assert category.rubric.startswith("Judge ") and category.rubric in pairwise_instruction(name, "x", NONCE)
+        assert category.score_rubric.startswith("Rate ") and category.score_rubric in \
+            score_messages(name, "x", NONCE)[0]["content"][1]["text"]
+    with pytest.raises(ValueError, match="no rubric for category 'memes'"):
         pairwise_instruction("memes", "x", NONCE)
-    text = score_messages("motion_quality", "a dog running", NONCE)[0]["content"][1]["text"]
-    assert "Rate MOTION" in text and "from 1 (worst) to 10 (best)" in text and text.count(NONCE) == 3
+    text = score_messages("human_quality", "a dog running", NONCE)[0]["content"][1]["text"]
+    assert "Rate HUMAN ANATOMY" in text and "from 1 (worst) to 10 (best)" in text and text.count(NONCE) == 3
+    # A run hands its judges its categories' rubrics (a category registered only in the driver's session).
+    assert "Judge MEMES only" in pairwise_instruction("memes", "x", NONCE, {"memes": "Judge MEMES only: humour."})
 
 
 @pytest.mark.parametrize("token", CONTROL_TOKENS)

@@ -23,7 +23,7 @@ import yaml
 from helpers import REPO, small_run_config
 
 from pipelines.lease import LEASE_NAME, OutputBusy, OutputLease
-from pipelines.records import ROW_SCHEMA
+from pipelines.records import row_schema
 from pipelines.store import KINDS, ShardSink, schema_for, shard_files
 from schemas.pair import validate_table
 from workers.publish import TMP_PREFIX, owned_temps, publish_atomically
@@ -57,7 +57,7 @@ def work_rows(n: int) -> pa.Table:
     return pa.Table.from_pylist([
         {"pair_id": f"{i:024x}", "category": categories[i % 2], "prompt": f"prompt {i}", "prompt_id": f"{i:016x}",
          "prompt_source": "test", "_kind": kinds[i % 4], "reason": "tie", "error": "boom", "label_source": "vlm_panel"}
-        for i in range(n)], schema=ROW_SCHEMA)
+        for i in range(n)], schema=row_schema())
 
 
 def test_a_write_task_killed_after_its_first_shard_is_retried_exactly_once(ray_session, tmp_path):

@@ -107,11 +107,12 @@ class VLMJudge:
     output_columns = ("votes", "scores")
 
     def __init__(self, name: str, cfg: dict, model_path: str, num_threads: int = 1, nonce: str | None = None,
-                 backend=None):
+                 backend=None, rubrics: dict[str, str] | None = None):
         """`nonce`: the run's data-marker nonce (default: a fresh one); `backend`: an already-built backend to
-        share (a notebook, a test) instead of loading the model."""
+        share (a notebook, a test) instead of loading the model; `rubrics`: category -> rubric, the run's
+        categories' (default: the registry's)."""
         setup_worker(num_threads)
-        self.name, self.nonce = name, nonce or new_nonce()
+        self.name, self.nonce, self.rubrics = name, nonce or new_nonce(), rubrics
         self.cfg = JudgeConfig.model_validate(cfg)
         self.backend = backend or make_backend(model_path, self.cfg)
 
@@ -136,11 +137,11 @@ class VLMJudge:
                 continue
             text = sanitize_untrusted(prompts[i], self.backend.special_tokens, self.cfg.max_prompt_chars)
             if pairwise:
-                messages = pairwise_messages(categories[i], text, self.nonce)
+                messages = pairwise_messages(categories[i], text, self.nonce, self.rubrics)
                 pair_requests += [(messages, [a, b]), (messages, [b, a])]
                 pair_slots += [(i, "AB"), (i, "BA")]
             if score:
-                messages = score_messages(categories[i], text, self.nonce)
+                messages = score_messages(categories[i], text, self.nonce, self.rubrics)
                 score_requests += [(messages, [a]), (messages, [b])]
                 score_slots += [(i, "a"), (i, "b")]
         if pair_requests:

@@ -1,4 +1,5 @@
-"""Pairwise rubrics, one per category (ViPO Appendix B.1 criteria), and the judge prompt around them.
+"""The judge prompt around a category's rubric (each category's own, `Category.rubric` in
+pipelines/categories/: ViPO Appendix B.1 criteria).
 
 The user prompt is untrusted data. It is cleaned (`sanitize_untrusted`), JSON-quoted and placed between
 two data markers that carry a nonce, after the rubric:
@@ -26,39 +27,8 @@ import unicodedata
 
 from confusables import confusable_regex
 
+from schemas.category import registered, score_rubric
 from schemas.config import NONCE_PATTERN
-
-RUBRICS = {
-    "composition": (
-        "Judge COMPOSITION only: layout and spatial arrangement, the count and relative position of the objects "
-        "the prompt asks for, framing, balance, depth and foreground/background separation. Ignore small "
-        "differences in colour grading or texture detail."),
-    "aesthetics": (
-        "Judge AESTHETICS only: overall visual appeal, lighting, colour harmony, detail and polish, and freedom "
-        "from artifacts, blur or distortion. Do not reward the image for matching the prompt more closely."),
-    "alignment": (
-        "Judge TEXT-IMAGE ALIGNMENT only: which image shows every object, attribute, count, relation, action "
-        "and style the prompt describes, with nothing contradicting it. Ignore aesthetics."),
-    "text_rendering": (
-        "Judge TEXT RENDERING only: the text the prompt asks for must appear spelled exactly, legible, complete "
-        "and on the intended surface. Prefer correct spelling over style; penalise extra or garbled glyphs."),
-    "human_quality": (
-        "Judge HUMAN ANATOMY only: natural faces, eyes, hands with the right number of fingers, plausible limbs, "
-        "poses and proportions, and no merged or missing body parts."),
-    # Video categories (ViPO B.2): the "images" are the two videos' frames.
-    "motion_quality": (
-        "Judge MOTION only: smooth, physically plausible movement with consistent subjects across frames; "
-        "penalise flicker, morphing, frozen frames and jitter."),
-    "visual_quality": (
-        "Judge VISUAL QUALITY only: sharpness, lighting, colour and freedom from artifacts in every frame."),
-    "video_text_alignment": (
-        "Judge TEXT-VIDEO ALIGNMENT only: which video shows the subjects, attributes and the motion the prompt "
-        "describes, in the order it describes them."),
-}
-
-SCORE_RUBRICS = {
-    category: rubric.replace("Judge ", "Rate ", 1) for category, rubric in RUBRICS.items()
-}
 
 OPTIONS = ("A", "B")
 
@@ -132,35 +102,42 @@ def sanitize_untrusted(text: str, special_tokens: list[str], max_chars: int) -> 
     return text
 
 
-def pairwise_instruction(category: str, prompt_data: str, nonce: str) -> str:
+def rubric_of(category: str, rubrics: dict[str, str] | None = None) -> str:
+    """The category's pairwise rubric: from `rubrics` (category -> rubric, what a run hands its judges, so a
+    category registered only in the driver's session works) or else from the registry."""
+    if rubrics and category in rubrics:
+        return rubrics[category]
+    known = registered()
+    if category not in known:
+        raise ValueError(f"no rubric for category {category!r} (have: {', '.join(rubrics or known)})")
+    return known[category].rubric
+
+
+def pairwise_instruction(category: str, prompt_data: str, nonce: str, rubrics: dict[str, str] | None = None) -> str:
     """The text after the two images. `prompt_data` must already be sanitised."""
-    if category not in RUBRICS:
-        raise ValueError(f"no pairwise rubric for category {category!r} (have: {', '.join(RUBRICS)})")
     return (
         "You compare two images generated for the same prompt.\n"
-        f"{RUBRICS[category]}\n"
+        f"{rubric_of(category, rubrics)}\n"
         f"{data_section(prompt_data, nonce)}"
         "Which image is better by the criterion above? Answer with a single letter: A or B.")
 
 
-def pairwise_messages(category: str, prompt_data: str, nonce: str) -> list[dict]:
+def pairwise_messages(category: str, prompt_data: str, nonce: str, rubrics: dict[str, str] | None = None) -> list[dict]:
     """Chat messages with two image placeholders (the images are passed beside them, in order)."""
     return [{"role": "user", "content": [
         {"type": "text", "text": "Image A:"}, {"type": "image"},
         {"type": "text", "text": "Image B:"}, {"type": "image"},
-        {"type": "text", "text": pairwise_instruction(category, prompt_data, nonce)},
+        {"type": "text", "text": pairwise_instruction(category, prompt_data, nonce, rubrics)},
     ]}]
 
 
-def score_messages(category: str, prompt_data: str, nonce: str) -> list[dict]:
+def score_messages(category: str, prompt_data: str, nonce: str, rubrics: dict[str, str] | None = None) -> list[dict]:
     """One image and a request for a 1-10 score by the category's criterion (score mode)."""
-    if category not in SCORE_RUBRICS:
-        raise ValueError(f"no score rubric for category {category!r} (have: {', '.join(SCORE_RUBRICS)})")
     return [{"role": "user", "content": [
         {"type": "image"},
         {"type": "text", "text": (
             "You rate one image generated for a prompt.\n"
-            f"{SCORE_RUBRICS[category]}\n"
+            f"{score_rubric(rubric_of(category, rubrics))}\n"
             f"{data_section(prompt_data, nonce)}"
             "Rate the image from 1 (worst) to 10 (best). Answer with the number only.")},
     ]}]

@@ -3,9 +3,8 @@ generator on the same prompt; VLM judges with the anatomy rubric (hands, faces, 
 
 import re
 
-from pipelines.ab_pairs import ab_recipe
-
-CATEGORY = "human_quality"
+from pipelines.categories.ab import ABCategory
+from schemas.category import register
 
 _HUMAN = re.compile(
     r"\b(person|people|man|men|woman|women|boy|boys|girl|girls|child|children|kid|kids|baby|toddler|teen\w*|"
@@ -17,9 +16,16 @@ _HUMAN = re.compile(
     re.IGNORECASE)
 
 
-_accepts_ab, plan, label = ab_recipe(CATEGORY)
+class HumanQuality(ABCategory):
+    name = "human_quality"
+    rubric = (
+        "Judge HUMAN ANATOMY only: natural faces, eyes, hands with the right number of fingers, plausible limbs, "
+        "poses and proportions, and no merged or missing body parts.")
+    prompt_filter = "people"
+
+    def accepts(self, row: dict, cfg) -> bool:
+        """Human-centric prompts only (people, body parts, occupations)."""
+        return bool(_HUMAN.search(row["prompt"])) and super().accepts(row, cfg)
 
 
-def accepts(row: dict, cfg) -> bool:
-    """Human-centric prompts only (people, body parts, occupations)."""
-    return bool(_HUMAN.search(row["prompt"])) and _accepts_ab(row, cfg)
+register(HumanQuality())
