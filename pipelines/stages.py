@@ -97,12 +97,14 @@ def pool_args(pool: PoolConfig, runtime_env: dict | None) -> dict:
 
 
 def used_models(cfg: RunConfig) -> dict[str, list[str]]:
-    """Per kind, the configured names some category of this run uses, in config order."""
+    """Per kind, the configured names some category of this run uses, in config order. `perturber` and `ocr`
+    are fields of some categories' own config models only."""
     cats = cfg.categories.values()
+    perturbers = {getattr(c, "perturber", None) for c in cats} - {None}
     used = {
-        "perturbers": {c.perturber for c in cats if c.perturber and cfg.perturbers[c.perturber].kind == "llm"},
+        "perturbers": {p for p in perturbers if cfg.perturbers[p].kind == "llm"},
         "generators": {g for c in cats for g in c.generators},
-        "ocr": {c.ocr for c in cats if c.ocr},
+        "ocr": {getattr(c, "ocr", None) for c in cats} - {None},
         "judges": {j for c in cats if c.panel for j in cfg.panels[c.panel].judges} | {j for c in cats for j in c.score_judges},
         "rewards": {r for c in cats for r in c.rewards},
     }

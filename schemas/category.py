@@ -37,9 +37,9 @@ class CategoryConfig(BaseModel):
     target_pairs: int | None = Field(None, ge=1, description="stop once this many pairs exist in the output")
     sources: list[str] | None = Field(
         None, description="prompt sources routed here (default: prompts whose category hint names this category)")
-    generators: list[str] = Field(min_length=1, description="two for A-vs-B categories (one with existing_images), "
-                                                            "one for alignment, a pool of two or more for text_rendering")
-    panel: str | None = Field(None, description="VLM panel (text_rendering: stage 2)")
+    generators: list[str] = Field(min_length=1, description="as many as the category needs (`Category.generators`): "
+                                                            "two for A-vs-B categories, one with existing_images")
+    panel: str | None = Field(None, description="the VLM panel that labels the category's pairs (name in `panels`)")
     score_judges: list[str] = Field([], description="judges that also give each image of a pair a 1-10 score "
                                                     "distribution by the category's rubric (stored in `scores`)")
     rewards: list[str] = []
