@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 
 CATEGORIES = ("composition", "aesthetics", "alignment", "text_rendering", "human_quality")
+FLOATS = ("agreement", "confidence")
+FLOAT_TOLERANCE = 1e-3  # run to run, on the same code, the tiny judges' confidences differ by ~1e-4 here
 
 
 def record(path: str) -> None:
@@ -64,14 +66,22 @@ def compare(base_path: str, new_path: str) -> int:
     if set(old_rows) != set(new_rows):
         problems.append(f"pair ids differ: {len(set(old_rows) - set(new_rows))} only in base, "
                         f"{len(set(new_rows) - set(old_rows))} only in new")
+    drift = 0.0
     for pid in sorted(set(old_rows) & set(new_rows)):
-        if old_rows[pid] != new_rows[pid]:
-            diff = {k: (old_rows[pid].get(k), new_rows[pid].get(k)) for k in old_rows[pid]
-                    if old_rows[pid].get(k) != new_rows[pid].get(k)}
-            problems.append(f"{pid} ({old_rows[pid]['category']}): {diff}")
+        old, cur = old_rows[pid], new_rows[pid]
+        for k in FLOATS:  # the judges' log-probs move in the last digits with the batch a row lands in
+            if (old[k] is None) != (cur[k] is None) or (old[k] is not None and abs(old[k] - cur[k]) > FLOAT_TOLERANCE):
+                problems.append(f"{pid} ({old['category']}): {k} {old[k]} -> {cur[k]}")
+            elif old[k] is not None:
+                drift = max(drift, abs(old[k] - cur[k]))
+        diff = {k: (old.get(k), cur.get(k)) for k in old if k not in FLOATS and old.get(k) != cur.get(k)}
+        if diff:
+            problems.append(f"{pid} ({old['category']}): {diff}")
     kinds = {k: sum(r["kind"] == k for r in base["rows"]) for k in ("pairs", "undecided", "errors")}
     print(f"base: {len(base['rows'])} rows {kinds}; new: {len(new['rows'])} rows")
-    print("\n".join(problems) if problems else "identical: pair ids, labels, OCR reads, winner images and shard schemas")
+    print("\n".join(problems) if problems else
+          "identical: pair ids, winners, label sources, undecided reasons, edit dimensions, required text, OCR reads, "
+          f"winner images and shard schemas; agreement and confidence within {drift:.1e}")
     return 1 if problems else 0
 
 

@@ -47,7 +47,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 MIN_WORDS = 20
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def lighting():
     register(Lighting())
     yield

@@ -17,9 +17,11 @@ from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
+from pipelines.categories.composition import Composition
 from pipelines.cli import app
-from pipelines.records import Label, build_records
+from pipelines.records import build_records, row_schema
 from pipelines.stats import compute_stats
+from schemas.category import Label
 from schemas.config import ConfigError, load_run_config
 from schemas.pair import pair_schema, undecided_schema
 from workers.judge import score_distribution
@@ -93,6 +95,16 @@ def score(judge, side, expected, std=1.0):
     return {"judge": judge, "side": side, "expected": expected, "std": std, "mass": 0.5, "probs": probs, "note": None}
 
 
+class Decided(Composition):
+    """composition with a fixed verdict."""
+
+    def __init__(self, winner: str | None):
+        self.winner = winner
+
+    def label(self, row, cfg) -> Label:
+        return Label(self.winner, "vlm_panel", reason="tie")
+
+
 def test_scores_are_stored_with_the_winner_and_loser_sides(tmp_path):
     cfg = small_run_config(tmp_path, n_prompts=1)
     row = {"pair_id": "p", "category": "composition", "prompt": "a cat", "prompt_id": "i", "prompt_source": "s",
@@ -100,7 +112,7 @@ def test_scores_are_stored_with_the_winner_and_loser_sides(tmp_path):
            "image_a": png(0), "image_b": png(1), "scores": json.dumps([score("j", "a", 3.0), score("j", "b", 7.0)])}
     for winner, kind, tags in (("b", "pairs", {"a": "l", "b": "w"}), ("a", "pairs", {"a": "w", "b": "l"}),
                                (None, "undecided", {"a": "a", "b": "b"})):
-        record = build_records([row], cfg, lambda r, w=winner: Label(w, "vlm_panel", reason="tie")).to_pylist()[0]
+        record = build_records([row], cfg, Decided(winner), row_schema()).to_pylist()[0]
         assert record["_kind"] == kind
         assert {s["side"]: s["expected"] for s in record["scores"]} == {tags["a"]: 3.0, tags["b"]: 7.0}
 
