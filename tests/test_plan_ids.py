@@ -1,7 +1,8 @@
-"""Pair ids and plans do not change by accident: every category's work rows for the bundled prompts,
-against a fixture recorded before the category-plugin refactor (issue 12). A change that means to change
-them (a new spec field, a new seed rule) re-records the fixture: `python tests/test_plan_ids.py`, and says
-so, since every output's finished pairs then get planned again."""
+"""Pair ids, plans and record schemas do not change by accident: every category's work rows for the bundled
+prompts, and the pair / undecided schemas, against fixtures recorded before the category-plugin refactor
+(issue 12). A change that means to change them (a new spec field, a new seed rule, a new column)
+re-records them: `python tests/test_plan_ids.py`, and says so: new pair ids make every output's finished
+pairs planned again, and a new schema makes old and new shards differ."""
 
 import json
 import sys
@@ -11,6 +12,7 @@ import numpy as np
 from helpers import REPO, small_run_config
 
 FIXTURE = Path(__file__).parent / "data" / "plan_ids.json"
+SCHEMAS = Path(__file__).parent / "data" / "record_schemas.txt"
 VARIANTS = {  # name: (category, config overrides)
     "composition": ("composition", {}),
     "composition-best-of-3": ("composition", {("categories", "composition", "best_of_n"): 3,
@@ -47,9 +49,21 @@ def test_plans_and_pair_ids_match_the_fixture(tmp_path):
         assert got[name] == expected[name], name
 
 
+def record_schemas() -> str:
+    from schemas.pair import pair_schema, undecided_schema
+
+    return "".join(f"# {kind}\n{schema.to_string(show_schema_metadata=True)}\n"
+                   for kind, schema in (("pairs", pair_schema()), ("undecided", undecided_schema())))
+
+
+def test_record_schemas_match_the_fixture():
+    assert record_schemas() == SCHEMAS.read_text()
+
+
 if __name__ == "__main__":
     import tempfile
 
     sys.path.insert(0, str(REPO))
     FIXTURE.write_text(json.dumps(planned(Path(tempfile.mkdtemp())), indent=1) + "\n")
-    print(f"recorded {FIXTURE}")
+    SCHEMAS.write_text(record_schemas())
+    print(f"recorded {FIXTURE} and {SCHEMAS}")
