@@ -96,6 +96,79 @@ def train(config: Path = typer.Argument(..., help="training config (YAML)"),
     typer.echo(f"checkpoint: {Path(cfg.output).resolve() / cfg.name / 'final'}")
 
 
+def _output_dir(output: Path) -> None:
+    if not (output / "pairs").is_dir():
+        _fail(f"{output}: not a pairforge output directory (no pairs/ inside)")
+
+
+@app.command()
+def annotate(output: Path = typer.Argument(..., help="output directory of a run"),
+             raters: str | None = typer.Option(None, help="comma-separated rater names (needed to start a round)"),
+             sample: int | None = typer.Option(None, help="pairs drawn per category [default: 50]"),
+             gold: int | None = typer.Option(None, help="gold pairs (constructed truth) shown to every rater [default: 10]"),
+             raters_per_pair: int | None = typer.Option(None, help="raters who see each pair [default: 3]"),
+             seed: int | None = typer.Option(None, help="seed of the sample, the assignment and the sides [default: 0]"),
+             host: str = typer.Option("127.0.0.1", help="address to listen on (localhost: only this machine)"),
+             port: int = typer.Option(8765, help="port to listen on"),
+             db: str | None = typer.Option(None, "--db", help="database URL [default: sqlite OUT/annotations.sqlite]; "
+                                           "postgresql+psycopg://user@host/name for PostgreSQL"),
+             urls_only: bool = typer.Option(False, "--urls-only", help="create or check the round, print the URLs, "
+                                            "do not serve")) -> None:
+    """Serve A/B pages to human raters (one URL per rater); answers go to the database as they are given."""
+    from pydantic import ValidationError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pipelines.annotate import StudyMismatch, open_study
+
+    _output_dir(output)
+    given = {"raters": raters.split(",") if raters else None, "sample": sample, "gold": gold,
+             "raters_per_pair": raters_per_pair, "seed": seed}
+    try:
+        engine, tokens, created = open_study(output, {k: v for k, v in given.items() if v is not None}, db)
+    except ValidationError as e:
+        first = e.errors()[0]
+        _fail(f"--{str(first['loc'][0]).replace('_', '-') if first['loc'] else 'raters'}: {first['msg']}")
+    except StudyMismatch as e:
+        _fail(str(e))
+    except (SQLAlchemyError, ImportError) as e:
+        _fail(f"--db {db or 'default'}: cannot open the database: {str(e).splitlines()[0]}")
+    shown = "localhost" if host in ("127.0.0.1", "::1", "localhost") else host
+    typer.echo(("created" if created else "resumed") + f" annotation round in {engine.url.render_as_string(hide_password=True)}")
+    for name, token in tokens.items():
+        typer.echo(f"{name}: http://{shown}:{port}/r/{token}")
+    sys.stdout.flush()
+    if urls_only:
+        return
+    import uvicorn
+
+    from pipelines.annotate.app import create_app
+
+    uvicorn.run(create_app(output, engine), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def agreement(output: Path = typer.Argument(..., help="output directory of a run"),
+              db: str | None = typer.Option(None, "--db", help="database URL [default: sqlite OUT/annotations.sqlite]"),
+              as_json: bool = typer.Option(False, "--json", help="print the report as JSON")) -> None:
+    """Human-human and VLM-human agreement of an annotation round; writes OUT/agreement.json."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pipelines.agreement import format_agreement, write_agreement
+    from pipelines.annotate import db as annotate_db
+
+    _output_dir(output)
+    url = annotate_db.db_url(output, db)
+    if db is None and not (output / annotate_db.DEFAULT_DB).exists():
+        _fail(f"{output / annotate_db.DEFAULT_DB}: no annotation round here; "
+              f"start one with `pairforge annotate {output} --raters ...`")
+    try:
+        report = write_agreement(output, annotate_db.connect(url))
+    except (SQLAlchemyError, ImportError) as e:
+        _fail(f"--db {db or url}: cannot read the database: {str(e).splitlines()[0]}")
+    typer.echo(json.dumps(report, indent=1) if as_json else format_agreement(report))
+    typer.echo(f"report: {output / 'agreement.json'}")
+
+
 @models_app.command("tiny")
 def tiny(directory: Path = typer.Argument(..., help="where to build the kit")) -> None:
     """Build the tiny-model kit (random weights, real architectures) into DIRECTORY, offline."""
