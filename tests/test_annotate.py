@@ -85,8 +85,8 @@ class Server:
     def __init__(self, out: Path, *args: str):
         self.port = free_port()
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "annotate", str(out), "--port", str(self.port), *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+        command = [sys.executable, "-m", "pipelines.cli", "annotate", str(out), "--port", str(self.port), *args]
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
         self.urls, self.base = {}, f"http://127.0.0.1:{self.port}"
         lines = []
         while True:
@@ -146,3 +146,270 @@ def test_round_samples_every_kind_and_assigns_gold_to_everyone(server, output):
     assert (output / "annotations.sqlite").exists()
     with engine.connect() as c:
         assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+KEYS = {"ArrowLeft": "left", "1": "left", "ArrowRight": "right", "2": "right", "t": "tie", "c": "cant_tell", "s": "skip"}
+
+
+def letter(screen: str, left: str) -> str:
+    return {"left": left, "right": "B" if left == "A" else "A"}.get(screen, screen)
+
+
+def launch(p):
+    return p.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"])
+
+
+def watch(page, problems: list) -> None:
+    page.on("console", lambda m: problems.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
+
+
+def answer_with_key(page, key: str) -> str:
+    """Press `key` on a pair page; returns the pair id it answered."""
+    pair_id = page.input_value("input[name=pair_id]")
+    with page.expect_navigation():
+        page.keyboard.press(key)
+    return pair_id
+
+
+@needs_chromium
+def test_two_raters_annotate_with_the_keyboard_one_resumes_and_the_database_holds_exactly_their_answers(server, output):
+    playwright = pytest.importorskip("playwright.sync_api")
+    engine = engine_of(output)
+    left = {(a["rater"], a["pair_id"]): a["left"] for a in db.all_assignments(engine)}
+    expected: dict[tuple[str, str], list[str]] = {}
+    problems: list[str] = []
+    rng = np.random.default_rng(1)
+    with playwright.sync_playwright() as p:
+        browser = launch(p)
+        pages = {}
+        for rater in ("alice", "bob"):
+            pages[rater] = browser.new_context().new_page()
+            watch(pages[rater], problems)
+            pages[rater].goto(server.urls[rater])
+        # Both raters answer in turns, 5 pairs each, every key used.
+        for step in range(5):
+            for rater in ("alice", "bob"):
+                page = pages[rater]
+                assert page.inner_text("#progress").startswith(f"{rater} · pair {step + 1} of 12 · answered {step}")
+                images = page.eval_on_selector_all(".side img", "els => els.map(e => e.complete && e.naturalWidth === 32)")
+                assert images == [True, True]
+                key = list(KEYS)[(step + (rater == "bob")) % len(KEYS)] if step < 4 else str(rng.choice(["t", "1"]))
+                pair = answer_with_key(page, key)
+                expected.setdefault((rater, pair), []).append(letter(KEYS[key], left[rater, pair]))
+        # Bob closes his page mid-way; Alice goes back twice and changes her answer to pair 4.
+        pages["bob"].context.close()
+        with pages["alice"].expect_navigation():
+            pages["alice"].keyboard.press("b")
+        with pages["alice"].expect_navigation():
+            pages["alice"].keyboard.press("b")
+        assert pages["alice"].inner_text("#progress").startswith("alice · pair 4 of 12")
+        assert "your answer:" in pages["alice"].inner_text("#current")
+        pair = answer_with_key(pages["alice"], "ArrowRight")
+        expected[("alice", pair)].append(letter("right", left["alice", pair]))
+        assert pages["alice"].inner_text("#progress").startswith("alice · pair 5 of 12")
+        # Bob comes back in a fresh browser context: he lands on his first unanswered pair.
+        bob = browser.new_context().new_page()
+        watch(bob, problems)
+        bob.goto(server.urls["bob"])
+        assert bob.url.endswith("/6") and bob.inner_text("#progress").startswith("bob · pair 6 of 12 · answered 5")
+        for key in ("2", "t", "1", "ArrowLeft", "ArrowRight", "c", "s"):
+            pair = answer_with_key(bob, key)
+            expected.setdefault(("bob", pair), []).append(letter(KEYS[key], left["bob", pair]))
+        assert bob.url.endswith("/done") and "answered 12 of 12" in bob.inner_text("#progress")
+        browser.close()
+    assert not problems, problems
+    with engine.connect() as c:
+        rows = c.execute(db.answers.select().order_by(db.answers.c.id)).mappings().all()
+    history: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        history.setdefault((r["rater"], r["pair_id"]), []).append(r["choice"])
+        assert r["shown_left"] == left[r["rater"], r["pair_id"]] and r["source"] == "web"
+    assert history == expected  # every answer, in order, nothing more (the changed one kept in the history)
+    latest = {(a["rater"], a["pair_id"]): a["choice"] for a in db.latest_answers(engine)}
+    assert latest == {k: v[-1] for k, v in expected.items()}
+
+
+@needs_chromium
+def test_an_xss_prompt_renders_as_text(server, output):
+    playwright = pytest.importorskip("playwright.sync_api")
+    engine = engine_of(output)
+    n = next(a["position"] + 1 for a in db.all_assignments(engine) if a["rater"] == "alice" and a["pair_id"] == "com0")
+    problems: list[str] = []
+    with playwright.sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page()
+        watch(page, problems)
+        page.goto(f"{server.urls['alice']}/{n}")
+        assert page.inner_text("#prompt") == XSS
+        assert page.evaluate("window.__xss") is None
+        assert page.locator("#prompt *").count() == 0  # no element was made from the prompt
+        assert page.inner_text("#guideline").startswith("Judge COMPOSITION only")
+        browser.close()
+    assert not problems, problems
+
+
+def test_bad_and_replayed_submissions_get_a_4xx(server, output):
+    engine = engine_of(output)
+    queue = {a["rater"]: [] for a in db.all_assignments(engine)}
+    for a in db.all_assignments(engine):
+        queue[a["rater"]].append(a["pair_id"])
+    alice, bob = server.token("alice"), server.token("bob")
+    first = queue["alice"][0]
+    not_alices = "und-nope"
+    with httpx.Client(base_url=server.base, follow_redirects=False, timeout=10) as c:
+        ok = c.post(f"/r/{alice}/1", data={"pair_id": first, "seq": "1", "choice": "left"})
+        assert ok.status_code == 303 and ok.headers["location"] == f"/r/{alice}/2"
+        cases = [
+            (c.post(f"/r/{alice}/1", data={"pair_id": first, "seq": "1", "choice": "left"}), 409, "replayed"),
+            (c.post(f"/r/{alice}/1", data={"pair_id": first, "seq": "5", "choice": "left"}), 409, "stale"),
+            (c.post("/r/not-a-token/1", data={"pair_id": first, "seq": "1", "choice": "left"}), 403, "unknown rater token"),
+            (c.post(f"/r/{alice}/99", data={"pair_id": first, "seq": "1", "choice": "left"}), 404, "no pair number 99"),
+            (c.post(f"/r/{alice}/x", data={"pair_id": first, "seq": "1", "choice": "left"}), 400, "bad request"),
+            (c.post(f"/r/{alice}/2", data={"pair_id": not_alices, "seq": "1", "choice": "left"}), 403, "not assigned"),
+            (c.post(f"/r/{alice}/2", data={"pair_id": first, "seq": "2", "choice": "left"}), 409, "is not number 2"),
+            (c.post(f"/r/{alice}/2", data={"pair_id": queue["alice"][1], "seq": "1", "choice": "A"}), 400, "choice"),
+            (c.post(f"/r/{alice}/2", data={"pair_id": queue["alice"][1], "seq": "one", "choice": "left"}), 400, "seq"),
+            (c.post(f"/r/{alice}/2", data={"seq": "1", "choice": "left"}), 400, "pair_id"),
+            (c.post(f"/r/{alice}/2", content=b"\xff\x00garbage", headers={"content-type": "application/json"}), 400, "malformed"),
+            (c.post(f"/r/{alice}/2", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"}),
+             400, "malformed"),
+            (c.get(f"/r/{bob}/media/{not_alices}/left"), 403, "not assigned"),
+            (c.get(f"/r/{alice}/media/{first}/top"), 404, "left or right"),
+            (c.get(f"/r/{alice}/media/..%2f..%2fetc%2fpasswd/left"), 404, ""),
+            (c.get("/static/..%2fapp.py"), 404, ""),
+            (c.get("/r/not-a-token"), 403, "unknown rater token"),
+        ]
+        for response, status, text in cases:
+            assert response.status_code == status, (response.request.url, response.text)
+            assert text in response.text and "Traceback" not in response.text
+        image = c.get(f"/r/{alice}/media/{first}/left")
+        assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(image.content)).size == (32, 32)
+        page = c.get(f"/r/{alice}/2")
+        assert "script-src 'self'" in page.headers["content-security-policy"] and page.headers["referrer-policy"] == "no-referrer"
+    with engine.connect() as conn:
+        assert conn.execute(db.answers.select()).mappings().all()[0]["pair_id"] == first
+        assert len(conn.execute(db.answers.select()).all()) == 1  # only the one good answer
+
+
+def test_the_round_resumes_and_refuses_other_settings(server, output):
+    server.stop()
+    again = subprocess.run([sys.executable, "-m", "pipelines.cli", "annotate", str(output), "--urls-only"],
+                           capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert again.returncode == 0 and "resumed" in again.stdout
+    assert set(re.findall(r"/r/(\S+)", again.stdout)) == {server.token("alice"), server.token("bob")}
+    other = subprocess.run([sys.executable, "-m", "pipelines.cli", "annotate", str(output), "--raters", "carol", "--urls-only"],
+                           capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "other settings (raters ['alice', 'bob'] there, ['carol'] asked)" in other.stderr
+
+
+# --- agreement statistics ------------------------------------------------------------------------------
+
+def item(pair_id, label="A", source="vlm_panel", confidence=None, truth=None, category="composition"):
+    return {"pair_id": pair_id, "category": category, "label": label, "label_source": source if label else None,
+            "confidence": confidence, "truth": truth, "gold": False}
+
+
+def answer(rater, pair_id, choice, shown_left="A"):
+    return {"rater": rater, "pair_id": pair_id, "choice": choice, "shown_left": shown_left, "source": "web"}
+
+
+def test_agreement_on_a_hand_computed_case():
+    items = [item("p1", confidence=0.95, truth="A"), item("p2", confidence=0.65), item("p3", label=None)]
+    answers = [answer("alice", "p1", "A"), answer("bob", "p1", "A", "B"), answer("carol", "p1", "B"),
+               answer("alice", "p2", "B", "B"), answer("bob", "p2", "B"), answer("carol", "p2", "B"),
+               answer("alice", "p3", "A"), answer("bob", "p3", "tie"), answer("carol", "p3", "cant_tell")]
+    r = compute_agreement(items, answers, ["alice", "bob", "carol"])
+    g = r["categories"]["composition"]
+    # Leave-one-out: p1 gives alice and bob no reference (the others split A/B), carol the reference A;
+    # p2 gives everyone B; p3 has no A/B reference for anyone.
+    assert g["human_vs_others"] == {"agree": 0.75, "n": 4}
+    assert g["labels_vs_others"] == {"vlm_panel": {"agree": 0.25, "n": 4, "human_agree": 0.75}}
+    assert g["labels_vs_majority"] == {"vlm_panel": {"agree": 0.5, "n": 2}}
+    assert g["undecided_with_human_majority"] == {"agree": 1.0, "n": 1}
+    assert g["ratings"] == 8 and g["rated_pairs"] == 3 and g["tie_share"] == 1 / 8
+    # Fleiss over the two pairs with 3 ratings: P = (1/3 + 1)/2, Pe = (1/3)^2 + (2/3)^2, kappa = 0.25.
+    assert g["fleiss"] == {"kappa": pytest.approx(0.25), "items": 2, "raters_per_item": 3}
+    # Krippendorff: coincidences o_AA=1, o_AB=o_BA=1, o_BB=3, o_At=o_tA=1; n_A=3, n_B=4, n_t=1, n=8:
+    # Do = 4/8, De = (2*12 + 2*3 + 2*4)/(8*7) = 38/56, alpha = 1 - 28/38.
+    assert g["krippendorff"] == {"alpha": pytest.approx(10 / 38), "items": 3}
+    assert [b["bin"] for b in g["panel_confidence_bins"]] == ["0.6-0.7", "0.9-1.0"]
+    assert [b["agree"] for b in g["panel_confidence_bins"]] == [0.0, 1.0]
+    raters = r["raters"]
+    assert raters["alice"]["gold"] == {"accuracy": 1.0, "n": 1} and raters["carol"]["gold"] == {"accuracy": 0.0, "n": 1}
+    assert raters["alice"]["left_share"] == 1.0 and raters["alice"]["left_n"] == 3
+    assert raters["alice"]["left_p"] == pytest.approx(0.25)  # two-sided binomial, 3 of 3
+    assert raters["bob"]["left_share"] == 0.0 and raters["bob"]["left_n"] == 2  # p1: B left, picked A; p2: A left, picked B
+    assert raters["carol"]["vs_others"] == {"agree": 0.5, "n": 2}
+    assert raters["bob"]["answers"] == {"A": 1, "B": 1, "tie": 1}
+
+
+def fleiss_by_hand(table: np.ndarray) -> float:
+    n = table.sum(axis=1)[0]
+    p_j = table.sum(axis=0) / table.sum()
+    p_i = ((table**2).sum(axis=1) - n) / (n * (n - 1))
+    return (p_i.mean() - (p_j**2).sum()) / (1 - (p_j**2).sum())
+
+
+def alpha_by_hand(units: list[list[str]]) -> float:
+    """Nominal Krippendorff's alpha from the coincidence matrix."""
+    values = sorted({v for u in units for v in u})
+    o = {(a, b): 0.0 for a in values for b in values}
+    for u in units:
+        if len(u) < 2:
+            continue
+        for i, a in enumerate(u):
+            for j, b in enumerate(u):
+                if i != j:
+                    o[a, b] += 1 / (len(u) - 1)
+    n_c = {a: sum(o[a, b] for b in values) for a in values}
+    n = sum(n_c.values())
+    d_o = sum(v for (a, b), v in o.items() if a != b) / n
+    d_e = sum(n_c[a] * n_c[b] for a in values for b in values if a != b) / (n * (n - 1))
+    return 1 - d_o / d_e
+
+
+ratings_matrix = st.integers(2, 5).flatmap(lambda raters: st.lists(
+    st.lists(st.sampled_from(["A", "B", "tie", None]), min_size=raters, max_size=raters), min_size=2, max_size=20))
+
+
+@settings(max_examples=150, deadline=None)
+@given(ratings_matrix)
+def test_kappa_and_alpha_match_their_formulas_on_random_ratings(matrix):
+    names = [f"r{i}" for i in range(len(matrix[0]))]
+    by_pair = {f"p{j}": {names[i]: v for i, v in enumerate(row) if v} for j, row in enumerate(matrix)}
+    units = [list(by.values()) for by in by_pair.values()]
+    a = kripp_alpha(by_pair, names)
+    pairable = [u for u in units if len(u) >= 2]
+    if len({v for u in pairable for v in u}) < 2:
+        assert a["alpha"] is None
+    else:
+        assert a["alpha"] == pytest.approx(alpha_by_hand(pairable), abs=1e-9)
+    f = fleiss(units)
+    if f["kappa"] is not None:
+        k = f["raters_per_item"]
+        table = np.array([[u.count(c) for c in ("A", "B", "tie")] for u in units if len(u) == k])
+        assert f["items"] == len(table) >= 2
+        assert f["kappa"] == pytest.approx(fleiss_by_hand(table[:, table.sum(axis=0) > 0]), abs=1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("AB"), st.sampled_from(["A", "B", "tie", "skip"]),
+                          st.sampled_from(["A", "B", "tie", "cant_tell"])), min_size=1, max_size=30))
+def test_with_two_raters_leave_one_out_is_plain_agreement(rows):
+    """With two raters each one's reference is the other's answer: the human figure is the share of
+    pairs both answered A or B on which they agree, and the label's figure counts each such pair twice."""
+    items = [item(f"p{j}", label=lab) for j, (lab, _, _) in enumerate(rows)]
+    answers = [answer(r, f"p{j}", c) for j, (_, x, y) in enumerate(rows) for r, c in (("x", x), ("y", y))]
+    g = compute_agreement(items, answers, ["x", "y"])["overall"]
+    both = [(lab, x, y) for lab, x, y in rows if x in "AB" and y in "AB" and x in ("A", "B") and y in ("A", "B")]
+    assert g["human_vs_others"]["n"] == 2 * len(both)
+    if both:
+        assert g["human_vs_others"]["agree"] == pytest.approx(sum(x == y for _, x, y in both) / len(both))
+        label_hits = sum((lab == x) + (lab == y) for lab, x, y in both)
+        assert g["labels_vs_others"]["vlm_panel"]["agree"] == pytest.approx(label_hits / (2 * len(both)))
+    assert majority(["A", "B"]) is None and majority(["A", "A", "B", "tie"]) == "A" and majority([]) is None

@@ -132,6 +132,10 @@ def create_app(out: Path, engine: Engine) -> FastAPI:
     def index():
         return PlainTextResponse("pairforge annotate: open the URL `pairforge annotate` printed for you.")
 
+    @app.get("/favicon.ico")
+    def favicon():  # browsers ask for it; no icon, and no 404 in the rater's console
+        return Response(status_code=204)
+
     @app.get("/static/{name}")
     def static(name: str):
         if name not in assets:
