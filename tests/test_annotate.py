@@ -7,6 +7,7 @@ of real-schema shards with real PNGs; one test annotates the output of a real pi
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -413,3 +414,83 @@ def test_with_two_raters_leave_one_out_is_plain_agreement(rows):
         label_hits = sum((lab == x) + (lab == y) for lab, x, y in both)
         assert g["labels_vs_others"]["vlm_panel"]["agree"] == pytest.approx(label_hits / (2 * len(both)))
     assert majority(["A", "B"]) is None and majority(["A", "A", "B", "tie"]) == "A" and majority([]) is None
+
+
+# --- a real pipeline output -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_run(ray_session, tmp_path_factory):
+    """A real run of the tiny pipeline: composition pairs judged by the panel, alignment pairs by construction."""
+    from helpers import DECISIVE_PANELS, small_run_config
+
+    from pipelines.run import run
+
+    cfg = small_run_config(tmp_path_factory.mktemp("annotate_run"), n_prompts=4, overrides=DECISIVE_PANELS,
+                           categories=("composition", "alignment"))
+    run(cfg)
+    return Path(cfg.output.path)
+
+
+@needs_chromium
+def test_raters_annotate_a_real_run_and_agreement_reads_their_answers(real_run):
+    playwright = pytest.importorskip("playwright.sync_api")
+    from pipelines.store import shard_files
+
+    shards = [r for k in ("pairs", "undecided") for f in shard_files(real_run, k) for r in pq.read_table(f).to_pylist()]
+    server = Server(real_run, "--raters", "ann,ben,cat", "--sample", "3", "--gold", "2", "--raters-per-pair", "2")
+    try:
+        engine = engine_of(real_run)
+        items = {i["pair_id"]: i for i in db.all_items(engine)}
+        assert {i["category"] for i in items.values()} == {"composition", "alignment"}
+        assert sum(i["gold"] for i in items.values()) == 2 and len(items) <= 3 + 3 + 2  # gold on top of the sample
+        assert set(items) <= {r["pair_id"] for r in shards}
+        left = {(a["rater"], a["pair_id"]): a["left"] for a in db.all_assignments(engine)}
+        queue_len = Counter(a["rater"] for a in db.all_assignments(engine))
+        # Ann answers in the browser, always the left image; Ben and Cat post the same forms over HTTP:
+        # Ben always picks the pipeline's label (its truth), Cat always the other image.
+        problems: list[str] = []
+        with playwright.sync_playwright() as p:
+            browser = launch(p)
+            page = browser.new_page()
+            watch(page, problems)
+            page.goto(server.urls["ann"])
+            for _ in range(queue_len["ann"]):
+                sizes = page.eval_on_selector_all(".side img", "els => els.map(e => [e.naturalWidth, e.naturalHeight])")
+                assert sizes == [[64, 64], [64, 64]]  # the run's real images, read from its shards
+                answer_with_key(page, "1")
+            assert page.url.endswith("/done")
+            browser.close()
+        assert not problems, problems
+        with httpx.Client(base_url=server.base, follow_redirects=False, timeout=10) as c:
+            for rater in ("ben", "cat"):
+                token = server.token(rater)
+                for n in range(1, queue_len[rater] + 1):
+                    pair_id = next(a["pair_id"] for a in db.all_assignments(engine)
+                                   if a["rater"] == rater and a["position"] == n - 1)
+                    label = items[pair_id]["label"] or "A"
+                    want = label if rater == "ben" else ("B" if label == "A" else "A")
+                    screen = "left" if left[rater, pair_id] == want else "right"
+                    r = c.post(f"/r/{token}/{n}", data={"pair_id": pair_id, "seq": "1", "choice": screen})
+                    assert r.status_code == 303, r.text
+    finally:
+        server.stop()
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "agreement", str(real_run)], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert "human vs others" in done.stdout and "ALL" in done.stdout
+    report = json.loads((real_run / "agreement.json").read_text())
+    assert report["raters"]["ann"]["left_share"] == 1.0 and report["raters"]["ann"]["left_n"] == queue_len["ann"]
+    # Every pair with a constructed truth counts for accuracy, the gold ones (shown to all) and sampled ones.
+    with_truth = Counter(a["rater"] for a in db.all_assignments(engine) if items[a["pair_id"]]["truth"])
+    assert with_truth["ben"] >= 2 and with_truth["cat"] >= 2
+    assert report["raters"]["ben"]["gold"] == {"accuracy": 1.0, "n": with_truth["ben"]}
+    assert report["raters"]["cat"]["gold"] == {"accuracy": 0.0, "n": with_truth["cat"]}
+    answers = db.latest_answers(engine)
+    assert len(answers) == sum(queue_len.values())
+    # Ben and Cat disagree on every pair: whenever both rated a pair, each is the other's reference.
+    by_pair: dict[str, dict[str, str]] = {}
+    for a in answers:
+        by_pair.setdefault(a["pair_id"], {})[a["rater"]] = a["choice"]
+    shared = [p for p, by in by_pair.items() if {"ben", "cat"} <= set(by)]
+    assert report["raters"]["ben"]["vs_others"]["n"] >= sum(len(by_pair[p]) == 2 for p in shared)
+    assert report["overall"]["ratings"] == len(answers)
