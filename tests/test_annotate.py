@@ -494,3 +494,22 @@ def test_raters_annotate_a_real_run_and_agreement_reads_their_answers(real_run):
     shared = [p for p, by in by_pair.items() if {"ben", "cat"} <= set(by)]
     assert report["raters"]["ben"]["vs_others"]["n"] >= sum(len(by_pair[p]) == 2 for p in shared)
     assert report["overall"]["ratings"] == len(answers)
+
+
+def test_racing_copies_of_one_answer_store_it_once(server, output):
+    """Eight copies of the same submission at once (a double click, a replaying proxy): one is stored,
+    the others get 409, none a 500."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = engine_of(output)
+    pair_id = next(a["pair_id"] for a in db.all_assignments(engine) if a["rater"] == "bob" and a["position"] == 0)
+    url = f"{server.base}/r/{server.token('bob')}/1"
+
+    def post(_):
+        return httpx.post(url, data={"pair_id": pair_id, "seq": "1", "choice": "tie"}, timeout=30).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = Counter(pool.map(post, range(8)))
+    assert codes == {303: 1, 409: 7}
+    with engine.connect() as c:
+        assert [(r.pair_id, r.seq, r.choice) for r in c.execute(db.answers.select())] == [(pair_id, 1, "tie")]

@@ -36,6 +36,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    literal,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -151,17 +152,25 @@ def queue_of(engine: Engine, rater: str) -> list[dict]:
 def record_answer(engine: Engine, rater: str, pair_id: str, seq: int, choice: str, shown_left: str | None,
                   source: str = "web") -> None:
     """Store answer number `seq` (1-based) of `rater` on `pair_id`, committed on return. Raises Stale when
-    that number is taken (a replay, or a second tab) or skips one."""
-    with engine.begin() as c:
-        have = c.execute(select(func.count()).select_from(answers)
-                         .where((answers.c.rater == rater) & (answers.c.pair_id == pair_id))).scalar()
-        if seq != have + 1:
-            raise Stale(f"answer {seq} of {rater} on {pair_id}: {have} given so far")
-        try:
-            c.execute(answers.insert().values(rater=rater, pair_id=pair_id, seq=seq, choice=choice,
-                                              shown_left=shown_left, source=source, created_at=time.time()))
-        except IntegrityError as e:  # a concurrent request took the same number between the count and the insert
-            raise Stale(f"answer {seq} of {rater} on {pair_id} was already given") from e
+    that number is taken (a replay, or a second tab) or skips one.
+
+    One INSERT ... SELECT ... WHERE <answers so far> = seq - 1: a single statement takes SQLite's write
+    lock before it reads, so two racing requests queue instead of one failing on a stale snapshot; on
+    PostgreSQL both may pass the check and the unique key turns the second into an IntegrityError."""
+    so_far = (select(func.count()).select_from(answers)
+              .where((answers.c.rater == rater) & (answers.c.pair_id == pair_id)).scalar_subquery())
+    row = select(literal(rater, String), literal(pair_id, String), literal(seq, Integer), literal(choice, String),
+                 literal(shown_left, String), literal(source, String), literal(time.time(), Float)).where(so_far == seq - 1)
+    insert = answers.insert().from_select(["rater", "pair_id", "seq", "choice", "shown_left", "source", "created_at"], row)
+    try:
+        with engine.begin() as c:
+            inserted = c.execute(insert).rowcount
+    except IntegrityError as e:
+        raise Stale(f"answer {seq} of {rater} on {pair_id} was already given") from e
+    if inserted != 1:
+        with engine.connect() as c:
+            have = c.execute(select(so_far)).scalar()
+        raise Stale(f"answer {seq} of {rater} on {pair_id}: {have} given so far")
 
 
 def latest_answers(engine: Engine) -> list[dict]:
