@@ -513,3 +513,73 @@ def test_racing_copies_of_one_answer_store_it_once(server, output):
     assert codes == {303: 1, 409: 7}
     with engine.connect() as c:
         assert [(r.pair_id, r.seq, r.choice) for r in c.execute(db.answers.select())] == [(pair_id, 1, "tie")]
+
+
+# --- PostgreSQL through the same layer ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway PostgreSQL server (the local `initdb`/`pg_ctl`, run as the postgres user when we are root)."""
+    import tempfile
+
+    pytest.importorskip("psycopg")
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("no local PostgreSQL server binaries (initdb, pg_ctl)")
+    prefix = []
+    root = Path(tempfile.mkdtemp(prefix="pf-pg-"))
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        import pwd
+
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres user to run the server as")
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run([*prefix, initdb, "-D", str(root / "data"), "-A", "trust", "-U", "pf", "--no-sync"], check=True,
+                   capture_output=True)
+    subprocess.run([*prefix, pg_ctl, "-D", str(root / "data"), "-l", str(root / "log"), "-w", "-o",
+                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    yield f"postgresql+psycopg://pf@127.0.0.1:{port}/postgres"
+    subprocess.run([*prefix, pg_ctl, "-D", str(root / "data"), "-m", "fast", "stop"], capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_round_on_postgresql(output, postgres_url):
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = Server(output, "--raters", "alice,bob", "--sample", "10", "--gold", "2", "--db", postgres_url)
+    try:
+        engine = db.connect(postgres_url)
+        assert engine.dialect.name == "postgresql" and not (output / "annotations.sqlite").exists()
+        queue = {}
+        for a in db.all_assignments(engine):
+            queue.setdefault(a["rater"], []).append(a)
+        with httpx.Client(base_url=server.base, follow_redirects=False, timeout=30) as c:
+            for rater in ("alice", "bob"):
+                token = server.token(rater)
+                for a in queue[rater][:6]:
+                    r = c.post(f"/r/{token}/{a['position'] + 1}", data={"pair_id": a["pair_id"], "seq": "1", "choice": "left"})
+                    assert r.status_code == 303, r.text
+            first = queue["alice"][0]
+            replay = c.post(f"/r/{server.token('alice')}/1", data={"pair_id": first["pair_id"], "seq": "1", "choice": "left"})
+            assert replay.status_code == 409
+        url = f"{server.base}/r/{server.token('alice')}/1"
+        with ThreadPoolExecutor(8) as pool:  # answer 2 of alice on her first pair, eight times at once
+            codes = Counter(pool.map(lambda _: httpx.post(url, data={"pair_id": first["pair_id"], "seq": "2", "choice": "tie"},
+                                                          timeout=30).status_code, range(8)))
+        assert codes == {303: 1, 409: 7}
+    finally:
+        server.stop()
+    latest = {(a["rater"], a["pair_id"]): a["choice"] for a in db.latest_answers(engine)}
+    assert len(latest) == 12 and latest["alice", first["pair_id"]] == "tie"
+    assert all(latest[a["rater"], a["pair_id"]] == a["left"] for r in ("alice", "bob") for a in queue[r][1:6])
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "agreement", str(output), "--db", postgres_url],
+                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    report = json.loads((output / "agreement.json").read_text())
+    assert report["overall"]["ratings"] == 12 and report["database"].startswith("postgresql+psycopg://pf@")
+    assert report["raters"]["bob"]["left_share"] == 1.0
+    engine.dispose()

@@ -161,10 +161,11 @@ def record_answer(engine: Engine, rater: str, pair_id: str, seq: int, choice: st
               .where((answers.c.rater == rater) & (answers.c.pair_id == pair_id)).scalar_subquery())
     row = select(literal(rater, String), literal(pair_id, String), literal(seq, Integer), literal(choice, String),
                  literal(shown_left, String), literal(source, String), literal(time.time(), Float)).where(so_far == seq - 1)
-    insert = answers.insert().from_select(["rater", "pair_id", "seq", "choice", "shown_left", "source", "created_at"], row)
+    insert = (answers.insert().from_select(["rater", "pair_id", "seq", "choice", "shown_left", "source", "created_at"], row)
+              .returning(answers.c.id))  # rowcount of an INSERT ... SELECT is not reported by every driver
     try:
         with engine.begin() as c:
-            inserted = c.execute(insert).rowcount
+            inserted = len(c.execute(insert).all())
     except IntegrityError as e:
         raise Stale(f"answer {seq} of {rater} on {pair_id} was already given") from e
     if inserted != 1:
