@@ -169,6 +169,57 @@ def agreement(output: Path = typer.Argument(..., help="output directory of a run
     typer.echo(f"report: {output / 'agreement.json'}")
 
 
+TOOLS = {"label-studio": "label_studio", "argilla": "argilla"}
+
+
+def _round(output: Path, db: str | None):
+    """The engine of an existing annotation round (one line and exit 2 when there is none)."""
+    from pipelines.annotate import db as annotate_db
+
+    _output_dir(output)
+    if db is None and not (output / annotate_db.DEFAULT_DB).exists():
+        _fail(f"{output / annotate_db.DEFAULT_DB}: no annotation round here; "
+              f"start one with `pairforge annotate {output} --raters ...` (add --urls-only to only create it)")
+    engine = annotate_db.connect(annotate_db.db_url(output, db))
+    if annotate_db.load_config(engine) is None:
+        _fail(f"--db {db}: holds no annotation round; create one with `pairforge annotate {output} --db ... --raters ...`")
+    return engine
+
+
+@app.command("annotate-export")
+def annotate_export(output: Path = typer.Argument(..., help="output directory of a run"),
+                    directory: Path = typer.Argument(..., help="where to write the export"),
+                    to: str = typer.Option(..., "--to", help="label-studio | argilla"),
+                    db: str | None = typer.Option(None, "--db", help="database URL of the round")) -> None:
+    """Write the round's pairs as Label Studio tasks (+ labeling config) or Argilla records."""
+    from pipelines.annotate.exchange import export_argilla, export_label_studio
+
+    if to not in TOOLS:
+        _fail(f"--to {to}: use one of {', '.join(TOOLS)}")
+    engine = _round(output, db)
+    for path in (export_label_studio if to == "label-studio" else export_argilla)(output, engine, directory):
+        typer.echo(f"wrote {path}")
+
+
+@app.command("annotate-import")
+def annotate_import(output: Path = typer.Argument(..., help="output directory of a run"),
+                    file: Path = typer.Argument(..., help="Label Studio JSON export or Argilla records (JSON)"),
+                    source: str = typer.Option(..., "--from", help="label-studio | argilla"),
+                    db: str | None = typer.Option(None, "--db", help="database URL of the round")) -> None:
+    """Store answers given in Label Studio or Argilla on an exported round (then run `pairforge agreement`)."""
+    from pipelines.annotate.exchange import ExchangeError, import_answers
+
+    if source not in TOOLS:
+        _fail(f"--from {source}: use one of {', '.join(TOOLS)}")
+    engine = _round(output, db)
+    try:
+        counts = import_answers(engine, file, TOOLS[source])
+    except ExchangeError as e:
+        _fail(str(e))
+    typer.echo(f"{counts['answers']} answers stored, {counts['unchanged']} already there, "
+               f"{counts['raters_added']} raters added")
+
+
 @models_app.command("tiny")
 def tiny(directory: Path = typer.Argument(..., help="where to build the kit")) -> None:
     """Build the tiny-model kit (random weights, real architectures) into DIRECTORY, offline."""

@@ -583,3 +583,84 @@ def test_a_round_on_postgresql(output, postgres_url):
     assert report["overall"]["ratings"] == 12 and report["database"].startswith("postgresql+psycopg://pf@")
     assert report["raters"]["bob"]["left_share"] == 1.0
     engine.dispose()
+
+
+# --- Label Studio and Argilla ---------------------------------------------------------------------------
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def decode(uri: str) -> Image.Image:
+    import base64
+
+    head, data = uri.split(",", 1)
+    assert head == "data:image/png;base64"
+    return Image.open(io.BytesIO(base64.b64decode(data)))
+
+
+def test_label_studio_and_argilla_round_trip(output, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    assert cli("annotate", str(output), "--raters", "alice", "--urls-only").returncode == 0
+    assert cli("annotate-export", str(output), str(tmp_path / "ls"), "--to", "label-studio").returncode == 0
+    assert cli("annotate-export", str(output), str(tmp_path / "ar"), "--to", "argilla").returncode == 0
+    config = ET.parse(tmp_path / "ls" / "label_studio_config.xml").getroot()
+    assert config.find("Pairwise").get("toName") == "left,right"
+    tasks = json.loads((tmp_path / "ls" / "label_studio_tasks.json").read_text())
+    records = json.loads((tmp_path / "ar" / "argilla_records.json").read_text())
+    engine = engine_of(output)
+    items = {i["pair_id"]: i for i in db.all_items(engine)}
+    assert sorted(t["data"]["pair_id"] for t in tasks) == sorted(items) == sorted(r["id"] for r in records)
+    shards = {r["pair_id"]: r for k in ("pairs", "undecided") for f in (output / k).glob("*/*.parquet")
+              for r in pq.read_table(f).to_pylist()}
+    for t in tasks:
+        d, row = t["data"], shards[t["data"]["pair_id"]]
+        a, b = (row["image_w"], row["image_l"]) if "image_w" in row and row.get("image_w") else (row["image_a"], row["image_b"])
+        left, right = (a, b) if d["pf_left"] == "A" else (b, a)
+        assert decode(d["left"]).tobytes() == Image.open(io.BytesIO(left["bytes"])).tobytes()
+        assert decode(d["right"]).tobytes() == Image.open(io.BytesIO(right["bytes"])).tobytes()
+    assert {t["data"]["pf_left"] for t in tasks} == {"A", "B"}
+    # Answers as Label Studio exports them: the Pairwise selection, the tie/can't-tell choice, a skip.
+    picks = ["left", "right", "tie", "skip"]
+    for n, t in enumerate(tasks):
+        pick = picks[n % 4]
+        pairwise = {"type": "pairwise", "from_name": "preference", "to_name": "left", "value": {"selected": pick}}
+        choices = {"type": "choices", "from_name": "other", "to_name": "left", "value": {"choices": [pick]}}
+        result = [pairwise] if pick in ("left", "right") else [choices] if pick == "tie" else []
+        dana = {"id": 7, "email": "dana@lab.org"}
+        t["annotations"] = [{"completed_by": dana, "result": result, "was_cancelled": pick == "skip"},
+                            {"completed_by": 9, "result": [{"type": "pairwise", "value": {"selected": "left"}}]}]
+    for r in records:
+        r["responses"] = {"preference": [{"value": "right", "user_id": "0b4c-11"}]}
+    (tmp_path / "ls_export.json").write_text(json.dumps(tasks))
+    (tmp_path / "ar_export.json").write_text(json.dumps(records))
+    done = cli("annotate-import", str(output), str(tmp_path / "ls_export.json"), "--from", "label-studio")
+    assert done.returncode == 0 and f"{2 * len(tasks)} answers stored, 0 already there, 2 raters added" in done.stdout
+    again = cli("annotate-import", str(output), str(tmp_path / "ls_export.json"), "--from", "label-studio")
+    assert again.returncode == 0 and f"0 answers stored, {2 * len(tasks)} already there, 0 raters added" in again.stdout
+    assert cli("annotate-import", str(output), str(tmp_path / "ar_export.json"), "--from", "argilla").returncode == 0
+    latest = {(a["rater"], a["pair_id"]): a for a in db.latest_answers(engine)}
+    for n, t in enumerate(tasks):
+        d = t["data"]
+        other = "B" if d["pf_left"] == "A" else "A"
+        want = {"left": d["pf_left"], "right": other}.get(picks[n % 4], picks[n % 4])
+        assert latest["ls-dana_lab.org", d["pair_id"]]["choice"] == want
+        assert latest["ls-dana_lab.org", d["pair_id"]]["source"] == "label_studio"
+        assert latest["ls-9", d["pair_id"]]["choice"] == d["pf_left"]
+    for r in records:
+        other = "B" if r["metadata"]["pf_left"] == "A" else "A"
+        assert latest["argilla-0b4c-11", r["id"]]["choice"] == other and latest["argilla-0b4c-11", r["id"]]["source"] == "argilla"
+    report = cli("agreement", str(output))
+    assert report.returncode == 0 and "ls-dana_lab.org" in report.stdout and "argilla-0b4c-11" in report.stdout
+    # Files that are not such exports: one line, exit 2.
+    (tmp_path / "bad.json").write_text('[{"data": {"text": "x"}}]')
+    (tmp_path / "alien.json").write_text(json.dumps([{**tasks[0], "data": {**tasks[0]["data"], "pair_id": "nope"}}]))
+    (tmp_path / "broken.json").write_text("[{")
+    for name, source, message in (("bad.json", "label-studio", "task 0 has no data.pair_id"),
+                                  ("alien.json", "label-studio", "1 pairs are not in this annotation round (first: nope)"),
+                                  ("broken.json", "argilla", "not a readable JSON file"),
+                                  ("ls_export.json", "argilla", "record 0 has no metadata.pair_id")):
+        bad = cli("annotate-import", str(output), str(tmp_path / name), "--from", source)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
