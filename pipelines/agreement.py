@@ -219,3 +219,43 @@ def format_agreement(report: dict) -> str:
         lines += ["", "panel confidence bins, lowest agreement with the human majority first:"]
         lines += [f"  {b['bin']}: {_pct(b)}" for b in bins]
     return "\n".join(lines)
+
+
+def stats_section(out: Path) -> dict | None:
+    """The headline figures of OUT/agreement.json for `pairforge stats` and the HTML report (None when no
+    round was scored): per category and overall, rated pairs, panel and human vs the others' majority,
+    kappa and alpha."""
+    path = Path(out) / "agreement.json"
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+
+    def headline(g: dict) -> dict:
+        return {"rated_pairs": g["rated_pairs"], "panel_vs_others": g["labels_vs_others"].get("vlm_panel"),
+                "human_vs_others": g["human_vs_others"], "kappa": g["fleiss"]["kappa"], "alpha": g["krippendorff"]["alpha"]}
+
+    return {"generated_at": report["generated_at"], "overall": headline(report["overall"]),
+            "categories": {c: headline(g) for c, g in report["categories"].items()}}
+
+
+def format_section(section: dict) -> list[str]:
+    lines = [f"  human agreement (pairforge agreement, {section['generated_at']}): "
+             "panel vs others / human vs others / kappa / alpha"]
+    for name, h in [*section["categories"].items(), ("ALL", section["overall"])]:
+        lines.append(f"    {name}: {_pct(h['panel_vs_others']) if h['panel_vs_others'] else '-'} / "
+                     f"{_pct(h['human_vs_others'])} / {_num(h['kappa'])} / {_num(h['alpha'])} ({h['rated_pairs']} pairs rated)")
+    return lines
+
+
+def html_section(section: dict) -> str:
+    from html import escape
+
+    rows = "".join(
+        f"<tr><td>{escape(name)}</td><td>{h['rated_pairs']}</td>"
+        f"<td>{escape(_pct(h['panel_vs_others']) if h['panel_vs_others'] else '-')}</td>"
+        f"<td>{escape(_pct(h['human_vs_others']))}</td><td>{_num(h['kappa'])}</td><td>{_num(h['alpha'])}</td></tr>"
+        for name, h in [*section["categories"].items(), ("ALL", section["overall"])])
+    return (f"<h2>Human agreement</h2><p class='sub'>pairforge agreement, {escape(section['generated_at'])}; "
+            "leave-one-out: each rating's reference is the majority of the other raters</p>"
+            "<table class='stats' id='human-agreement'><tr><th>category</th><th>rated pairs</th><th>panel vs others (n)</th>"
+            f"<th>human vs others (n)</th><th>Fleiss' kappa</th><th>Krippendorff's alpha</th></tr>{rows}</table>")

@@ -654,6 +654,12 @@ def test_label_studio_and_argilla_round_trip(output, tmp_path):
         assert latest["argilla-0b4c-11", r["id"]]["choice"] == other and latest["argilla-0b4c-11", r["id"]]["source"] == "argilla"
     report = cli("agreement", str(output))
     assert report.returncode == 0 and "ls-dana_lab.org" in report.stdout and "argilla-0b4c-11" in report.stdout
+    # ... and `pairforge stats` and its HTML report show the headline figures.
+    stats = cli("stats", str(output), "--html", str(tmp_path / "report.html"))
+    assert stats.returncode == 0 and "human agreement (pairforge agreement" in stats.stdout
+    assert re.search(r"    ALL: .* / .* / .* / .* \(\d+ pairs rated\)", stats.stdout)
+    page = (tmp_path / "report.html").read_text()
+    assert "id='human-agreement'" in page and "<td>composition</td>" in page
     # Files that are not such exports: one line, exit 2.
     (tmp_path / "bad.json").write_text('[{"data": {"text": "x"}}]')
     (tmp_path / "alien.json").write_text(json.dumps([{**tasks[0], "data": {**tasks[0]["data"], "pair_id": "nope"}}]))
