@@ -133,6 +133,9 @@ def annotate(output: Path = typer.Argument(..., help="output directory of a run"
     except (SQLAlchemyError, ImportError) as e:
         _fail(f"--db {db or 'default'}: cannot open the database: {str(e).splitlines()[0]}")
     shown = "localhost" if host in ("127.0.0.1", "::1", "localhost") else host
+    if shown != "localhost":
+        typer.secho(f"listening on {host}: anyone who can reach port {port} and holds a URL can answer as that rater; "
+                    "serve it over TLS (a reverse proxy) or an SSH tunnel", fg=typer.colors.YELLOW, err=True)
     typer.echo(("created" if created else "resumed") + f" annotation round in {engine.url.render_as_string(hide_password=True)}")
     for name, token in tokens.items():
         typer.echo(f"{name}: http://{shown}:{port}/r/{token}")
@@ -151,20 +154,9 @@ def agreement(output: Path = typer.Argument(..., help="output directory of a run
               db: str | None = typer.Option(None, "--db", help="database URL [default: sqlite OUT/annotations.sqlite]"),
               as_json: bool = typer.Option(False, "--json", help="print the report as JSON")) -> None:
     """Human-human and VLM-human agreement of an annotation round; writes OUT/agreement.json."""
-    from sqlalchemy.exc import SQLAlchemyError
-
     from pipelines.agreement import format_agreement, write_agreement
-    from pipelines.annotate import db as annotate_db
 
-    _output_dir(output)
-    url = annotate_db.db_url(output, db)
-    if db is None and not (output / annotate_db.DEFAULT_DB).exists():
-        _fail(f"{output / annotate_db.DEFAULT_DB}: no annotation round here; "
-              f"start one with `pairforge annotate {output} --raters ...`")
-    try:
-        report = write_agreement(output, annotate_db.connect(url))
-    except (SQLAlchemyError, ImportError) as e:
-        _fail(f"--db {db or url}: cannot read the database: {str(e).splitlines()[0]}")
+    report = write_agreement(output, _round(output, db))
     typer.echo(json.dumps(report, indent=1) if as_json else format_agreement(report))
     typer.echo(f"report: {output / 'agreement.json'}")
 
@@ -180,9 +172,16 @@ def _round(output: Path, db: str | None):
     if db is None and not (output / annotate_db.DEFAULT_DB).exists():
         _fail(f"{output / annotate_db.DEFAULT_DB}: no annotation round here; "
               f"start one with `pairforge annotate {output} --raters ...` (add --urls-only to only create it)")
-    engine = annotate_db.connect(annotate_db.db_url(output, db))
-    if annotate_db.load_config(engine) is None:
-        _fail(f"--db {db}: holds no annotation round; create one with `pairforge annotate {output} --db ... --raters ...`")
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        engine = annotate_db.connect(annotate_db.db_url(output, db))
+        found = annotate_db.load_config(engine) is not None
+    except (SQLAlchemyError, ImportError) as e:
+        _fail(f"--db {db or 'default'}: cannot open the database: {str(e).splitlines()[0]}")
+    if not found:
+        _fail(f"{db or output / annotate_db.DEFAULT_DB}: no annotation round here; "
+              f"start one with `pairforge annotate {output} --raters ...`")
     return engine
 
 

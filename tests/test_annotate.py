@@ -670,3 +670,20 @@ def test_label_studio_and_argilla_round_trip(output, tmp_path):
                                   ("ls_export.json", "argilla", "record 0 has no metadata.pair_id")):
         bad = cli("annotate-import", str(output), str(tmp_path / name), "--from", source)
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+def test_bad_command_lines_get_one_line_and_exit_2(output, tmp_path):
+    cases = [
+        (("annotate", str(tmp_path)), "not a pairforge output directory"),
+        (("annotate", str(output), "--urls-only"), "--raters: Field required"),
+        (("annotate", str(output), "--raters", "al ice", "--urls-only"), "rater name 'al ice'"),
+        (("annotate", str(output), "--raters", "a,a", "--urls-only"), "rater names repeat"),
+        (("annotate", str(output), "--raters", "a", "--sample", "0", "--urls-only"), "--sample: Input should be greater"),
+        (("annotate", str(output), "--raters", "a", "--db", "nosuchdb://x", "--urls-only"), "cannot open the database"),
+        (("agreement", str(output)), "no annotation round here"),
+        (("annotate-export", str(output), str(tmp_path / "x"), "--to", "excel"), "--to excel: use one of label-studio, argilla"),
+    ]
+    for args, message in cases:
+        r = cli(*args)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -25,6 +25,8 @@ def open_study(out: Path, options: dict, url: str | None = None) -> tuple[Engine
     AnnotateConfig fields the user gave; a new round needs `raters`. An existing round is resumed as it
     is (options not given keep their stored values); other settings than the stored ones are an error."""
     out = Path(out)
+    if url is None and not (out / db.DEFAULT_DB).exists():
+        AnnotateConfig.model_validate(options)  # bad options leave no empty database file behind
     engine = db.connect(db.db_url(out, url))
     existing = db.load_config(engine)
     if existing is None:

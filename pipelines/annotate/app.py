@@ -20,6 +20,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fastapi import FastAPI, HTTPException, Request
@@ -90,7 +91,10 @@ def create_app(out: Path, engine: Engine) -> FastAPI:
         path = (out / shard).resolve()
         if not path.is_relative_to(out) or not path.is_file():
             raise HTTPException(404, f"the shard of pair {pair_id} is not in the output directory")
-        table = pq.read_table(path, columns=["pair_id", column], filters=pc.field("pair_id") == pair_id)
+        try:
+            table = pq.read_table(path, columns=["pair_id", column], filters=pc.field("pair_id") == pair_id)
+        except (OSError, pa.ArrowException) as e:
+            raise HTTPException(404, f"the shard of pair {pair_id} cannot be read: {e}") from None
         if not table.num_rows or table[column][0]["bytes"].as_py() is None:
             raise HTTPException(404, f"pair {pair_id} has no {column} in {shard}")
         return table[column][0]["bytes"].as_py()
