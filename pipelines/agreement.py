@@ -77,10 +77,9 @@ def kripp_alpha(ratings: dict[str, dict[str, str]], raters: list[str]) -> dict:
 
 
 def _bin(confidence: float) -> str:
-    for lo, hi in zip(CONFIDENCE_EDGES, CONFIDENCE_EDGES[1:]):
-        if confidence < hi or hi == CONFIDENCE_EDGES[-1]:
-            return f"{lo:.1f}-{hi:.1f}"
-    raise AssertionError("unreachable")
+    """The confidence bin, e.g. "0.6-0.7"; the last bin includes 1.0."""
+    return next(f"{lo:.1f}-{hi:.1f}" for lo, hi in zip(CONFIDENCE_EDGES, CONFIDENCE_EDGES[1:])
+                if confidence < hi or hi == CONFIDENCE_EDGES[-1])
 
 
 def _group(items: list[dict], ratings: dict[str, dict[str, str]], raters: list[str]) -> dict:

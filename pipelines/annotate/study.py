@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipelines.store import shard_files
 from schemas.annotate import AnnotateConfig
 from schemas.pair import stable_hash
 
@@ -42,6 +41,8 @@ def _smallest(heap: list, n: int, key: int, row: dict) -> None:
 
 def sample_items(out: Path, cfg: AnnotateConfig) -> list[dict]:
     """The round's items (rows of db.items), sorted by pair id."""
+    from pipelines.store import shard_files  # imports Ray: only when a round is created, not on resume
+
     per_category: dict[str, list] = {}
     gold_heap: list = []
     for kind in ("pairs", "undecided"):
