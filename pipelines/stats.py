@@ -210,6 +210,10 @@ def compute_stats(out: str | Path) -> dict:
     if rejects.exists():
         table = pq.read_table(rejects, columns=["reject_reason"])
         report["rejected_prompts"] = dict(Counter(r.split(":")[0] for r in table.column("reject_reason").to_pylist()))
+    from pipelines.agreement import stats_section
+
+    if human := stats_section(out):  # the last `pairforge agreement` of a human annotation round
+        report["human_agreement"] = human
     return report
 
 
@@ -349,6 +353,10 @@ def format_stats(report: dict) -> str:
             for cat, v in c["s_per_pair"].items()) + f"; last run's bottleneck: {c['bottleneck_last_run']}")
     if report.get("rejected_prompts"):
         lines.append("  rejected prompts: " + ", ".join(f"{k}: {v}" for k, v in report["rejected_prompts"].items()))
+    if report.get("human_agreement"):
+        from pipelines.agreement import format_section
+
+        lines += format_section(report["human_agreement"])
     return "\n".join(lines)
 
 
