@@ -113,6 +113,13 @@ def rubric_of(category: str, rubrics: dict[str, str] | None = None) -> str:
     return known[category].rubric
 
 
+def guideline(category: str) -> str:
+    """A registered category's rubric, to show a human rater beside the pair; empty for one not registered
+    in this process (shards of a plugin category read without it)."""
+    known = registered()
+    return known[category].rubric if category in known else ""
+
+
 def pairwise_instruction(category: str, prompt_data: str, nonce: str, rubrics: dict[str, str] | None = None) -> str:
     """The text after the two images. `prompt_data` must already be sanitised."""
     return (
