@@ -447,6 +447,8 @@ class TrainConfig(Strict):
     gradient_checkpointing: bool = False
     mixed_precision: Literal["no", "bf16"] = Field("no", description="bf16 autocast (GPU)")
     max_sequence_length: int = Field(77, ge=8, description="flow-matching models: T5 prompt tokens")
+    guidance_scale: float = Field(3.5, ge=0, description="guidance-distilled FLUX (FLUX.1-dev, guidance_embeds): "
+                                                         "the guidance the transformer is given while training")
     beta: float = Field(500.0, gt=0, description="KL strength (ViPO: 500 for SD1.5/SD3.5/FLUX, 1000 SDXL)")
     learning_rate: float = Field(1e-6, gt=0)
     batch_size: int = Field(4, ge=1, description="pairs per worker per step")

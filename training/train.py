@@ -43,6 +43,7 @@ class PreferenceTrainer:
         self.adapter = adapter_for(pipe)
         if hasattr(self.adapter, "max_sequence_length"):
             self.adapter.max_sequence_length = cfg.max_sequence_length
+            self.adapter.guidance_scale = cfg.guidance_scale
         pipe.to(device)
         self.policy = self.adapter.model
         if cfg.init_checkpoint:
