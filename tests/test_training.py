@@ -1,6 +1,7 @@
 """Ray Train Diffusion-DPO on real pair shards: checkpoints reload with from_pretrained, runs resume."""
 
 import csv
+from collections import Counter
 import math
 
 import numpy as np
@@ -59,31 +60,39 @@ def test_mixture_fractions_follow_the_weights():
     assert mixture_fractions(rows, None) == {"composition": 1.0, "aesthetics": 1.0}
 
 
-def write_pairs(out, category: str, files: int, rows: int) -> list[str]:
-    """Pair shards of `category` with tiny real PNGs, `files` files of `rows` rows."""
+def tiny_png() -> dict:
     import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(buf, "PNG")
+    return {"bytes": buf.getvalue(), "path": None}
+
+
+def write_shard(out, category: str, index: int, rows: list[dict]) -> list[str]:
+    """One pair shard of `category`: each row a vlm_panel pair with tiny real PNGs unless it says otherwise."""
     from datetime import datetime, timezone
 
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from PIL import Image
 
     from schemas.pair import pair_schema
 
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16), (200, 30, 30)).save(buf, "PNG")
-    img = {"bytes": buf.getvalue(), "path": None}
-    ids = []
-    for f in range(files):
-        table = [{"pair_id": f"{category}-{f}-{r}", "category": category, "prompt": "p", "prompt_id": "q",
-                  "prompt_source": "t", "image_w": img, "image_l": img, "label_source": "vlm_panel", "agreement": 1.0,
-                  "confidence": 1.0, "created_at": datetime.now(timezone.utc), "pipeline_version": "t",
-                  "config_hash": "h"} for r in range(rows)]
-        path = out / "pairs" / category / f"part-r_1-{f:05d}-x-000.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(table, schema=pair_schema()), path)
-        ids += [r["pair_id"] for r in table]
-    return ids
+    img = tiny_png()
+    table = [{"category": category, "prompt": "p", "prompt_id": "q", "prompt_source": "t", "image_w": img,
+              "image_l": img, "label_source": "vlm_panel", "agreement": 1.0, "confidence": 1.0,
+              "created_at": datetime.now(timezone.utc), "pipeline_version": "t", "config_hash": "h", **r} for r in rows]
+    path = out / "pairs" / category / f"part-r_1-{index:05d}-x-000.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(table, schema=pair_schema()), path)
+    return [r["pair_id"] for r in table]
+
+
+def write_pairs(out, category: str, files: int, rows: int) -> list[str]:
+    """Pair shards of `category` with tiny real PNGs, `files` files of `rows` rows."""
+    return [p for f in range(files) for p in write_shard(out, category, f, [{"pair_id": f"{category}-{f}-{r}"}
+                                                                             for r in range(rows)])]
 
 
 def test_training_batches_mix_categories_and_repeat_with_the_seed(ray_session, tmp_path):
@@ -151,3 +160,54 @@ def test_latent_cache_gives_the_same_loss_as_encoding_on_the_fly(ray_session, co
     assert len(caches()) == 1  # built once, beside the shards
     first_batch(True)
     assert len(caches()) == 1  # and reused
+
+
+def reward_row(pair_id: str, margin: float) -> dict:
+    """A best-of-N pair: no agreement or confidence; two reward models whose calibrated margins average `margin`."""
+    rewards = [{"model": m, "score_w": 1.0, "score_l": 0.0, "calibrated_w": 0.5 + margin / 2 + d,
+                "calibrated_l": 0.5 - margin / 2 + d} for m, d in (("clip", 0.1), ("pick", -0.1))]
+    return {"pair_id": pair_id, "label_source": "reward", "agreement": None, "confidence": None, "rewards": rewards}
+
+
+def ocr_row(pair_id: str, loser_ned: float, winner_exact: bool = True) -> dict:
+    """An OCR-decided pair: agreement 1, no confidence, both reads stored."""
+    reads = [{"side": "w", "text": "SALE", "exact": winner_exact, "ned": 0.0},
+             {"side": "l", "text": "SALF", "exact": False, "ned": loser_ned}]
+    return {"pair_id": pair_id, "label_source": "ocr", "agreement": 1.0, "confidence": None, "ocr": reads}
+
+
+LABELLED = [  # (row, passes the filters of test_label_filters_apply_to_the_labels_that_carry_them)
+    ({"pair_id": "panel-sure", "agreement": 1.0, "confidence": 0.9}, True),
+    ({"pair_id": "panel-split", "agreement": 0.5, "confidence": 0.9}, False),        # min_agreement
+    ({"pair_id": "panel-unsure", "agreement": 2 / 3, "confidence": 0.55}, False),    # min_confidence
+    ({"pair_id": "panel-both", "agreement": 0.5, "confidence": 0.55}, False),        # both
+    ({"pair_id": "constructed", "label_source": "construction"}, True),
+    (reward_row("reward-clear", 0.6), True),
+    (reward_row("reward-close", 0.1), False),                                          # min_reward_margin
+    (ocr_row("ocr-clear", 0.5), True),
+    (ocr_row("ocr-one-glyph", 0.05), False),                                           # min_ocr_loser_ned
+    (ocr_row("ocr-winner-misread", 0.5, winner_exact=False), False),                  # the winner must read exact
+]
+
+
+def test_label_filters_apply_to_the_labels_that_carry_them(ray_session, tmp_path, caplog):
+    """A typical cluster config: on main, null confidence (OCR, reward) counted as 0 and dropped every
+    reward- and OCR-labelled pair."""
+    from schemas.config import TrainData
+    from training.data import audit, training_pairs
+
+    write_shard(tmp_path, "text_rendering", 0, [row for row, _ in LABELLED[:5] + LABELLED[7:]])
+    write_shard(tmp_path, "composition", 0, [row for row, _ in LABELLED[5:7]])
+    data = TrainData(paths=[str(tmp_path)], resolution=16, min_agreement=0.6, min_confidence=0.7,
+                     min_reward_margin=0.3, min_ocr_loser_ned=0.1)
+    expected = sorted(row["pair_id"] for row, passes in LABELLED if passes)
+    assert sorted(r["pair_id"] for r in training_pairs(data, "unused").take_all()) == expected
+
+    with caplog.at_level("INFO", logger="pairforge.train"):
+        counts = audit(data).counts
+    assert counts["vlm_panel"] == Counter(pairs=4, kept=1, min_agreement=2, min_confidence=2)  # zero counts ignored
+    assert counts["construction"] == Counter(pairs=1, kept=1)
+    assert counts["reward"] == Counter(pairs=2, kept=1, min_reward_margin=1)
+    assert counts["ocr"] == Counter(pairs=3, kept=1, ocr_exact=2)
+    assert "reward: 2 pairs, 1 pass the filters (dropped by min_reward_margin 1)" in caplog.text
+    assert "vlm_panel: 4 pairs, 1 pass the filters (dropped by min_agreement 2, min_confidence 2)" in caplog.text
