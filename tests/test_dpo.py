@@ -129,6 +129,20 @@ def test_fine_loss_regresses_on_stored_gaps(sd_pipe, fixed_batch):
     assert value.item() == pytest.approx(((2.0 * fixed_batch["gap"]) ** 2).mean().item(), rel=1e-6)  # logit 0 at step 0
 
 
+@pytest.mark.parametrize("gap", [float("nan"), 1e200])  # 1e200 overflows float32: an infinite loss
+def test_a_non_finite_loss_stops_before_the_optimizer_step(sd_pipe, fixed_batch, gap):
+    """On main a NaN gap went into the step and turned every weight into NaN."""
+    from training.train import NonFiniteLoss
+
+    trainer = trainer_for(sd_pipe, loss="fine", data={"paths": ["/tmp"], "gap_file": "/tmp/g.parquet"})
+    before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    batch = {**fixed_batch, "gap": torch.tensor([0.5, gap, 2.0, 0.1])}
+    with pytest.raises(NonFiniteLoss, match="the loss is (nan|inf)"):
+        trainer.step(batch, torch.Generator().manual_seed(0))
+    assert all(torch.equal(before[k], v) for k, v in trainer.policy.state_dict().items())
+    assert not trainer.optimizer.state  # no moment estimates: the optimizer never ran
+
+
 def test_sdxl_unet_trains_with_its_extra_conditioning(tiny_kit, fixed_batch):
     from diffusers import StableDiffusionXLPipeline
 

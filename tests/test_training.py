@@ -1,12 +1,13 @@
 """Ray Train Diffusion-DPO on real pair shards: checkpoints reload with from_pretrained, runs resume."""
 
 import csv
-from collections import Counter
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
+from helpers import REPO
 
 from schemas.config import TrainConfig
 from training.data import mixture_fractions
@@ -113,9 +114,10 @@ def test_training_batches_mix_categories_and_repeat_with_the_seed(ray_session, t
     assert head == {"composition", "aesthetics"}  # the first half is not one category
 
 
-def test_sft_then_dpo_on_the_flow_matching_model(ray_session, composition_run, tmp_path):
+def test_sft_then_dpo_on_the_guidance_distilled_flux(ray_session, composition_run, tmp_path):
     _, out, _ = composition_run
-    base = dict(model="tiny:flux", output=str(tmp_path), data={"paths": [str(out)], "resolution": 64},
+    # FLUX.1-dev-style (guidance-distilled): crashed on main, which gave its transformer guidance=None
+    base = dict(model="tiny:flux-dev", output=str(tmp_path), data={"paths": [str(out)], "resolution": 64},
                 batch_size=2, max_steps=2, checkpoint_every=2, max_sequence_length=32, learning_rate=1e-4)
     sft = train(TrainConfig(name="sft", stage="sft", **base))
     assert sft.metrics["step"] == 2
@@ -211,3 +213,97 @@ def test_label_filters_apply_to_the_labels_that_carry_them(ray_session, tmp_path
     assert counts["ocr"] == Counter(pairs=3, kept=1, ocr_exact=2)
     assert "reward: 2 pairs, 1 pass the filters (dropped by min_reward_margin 1)" in caplog.text
     assert "vlm_panel: 4 pairs, 1 pass the filters (dropped by min_agreement 2, min_confidence 2)" in caplog.text
+
+
+def write_gaps(path, gaps: dict[str, float]) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"pair_id": list(gaps), "gap": pa.array(list(gaps.values()), pa.float64())}), path)
+    return str(path)
+
+
+def test_missing_gaps_fail_before_training_in_one_line(tmp_path):
+    """On main the fine loss trained on NaN for a pair absent from the gap file."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from training.data import TrainDataError
+
+    ids = write_pairs(tmp_path, "composition", 1, 6)
+    gap_file = write_gaps(tmp_path / "gaps.parquet", {ids[0]: 1.0, ids[1]: 0.5, ids[2]: float("nan")})  # NaN: no gap
+    config = dict(name="t", model="tiny:sd", output=str(tmp_path / "train"), loss="fine",
+                  data={"paths": [str(tmp_path)], "resolution": 32, "gap_file": gap_file})
+    expected = (rf"^4 of the 6 pairs that pass the filters have no gap in data.gap_file {gap_file} "
+                rf"\(first: {ids[2]}, {ids[3]}, {ids[4]}, {ids[5]}\); .*missing_gap: drop")
+    with pytest.raises(TrainDataError, match=expected):
+        train(TrainConfig(**config))
+    assert not (tmp_path / "train" / "t").exists()  # nothing started
+
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "train", str(tmp_path / "train.yaml")],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("4 of the 6 pairs that pass the filters have no gap")
+
+
+def test_drop_missing_gaps_and_stop_on_a_non_finite_loss(ray_session, tmp_path, caplog):
+    """missing_gap: drop trains on the pairs with a gap; a gap that overflows the loss (1e200 squared) stops
+    training at its step with a clear error and no checkpoint after it (main stepped into NaN weights)."""
+    from diffusers import UNet2DConditionModel
+
+    from training.train import TrainingHalted
+
+    ids = write_pairs(tmp_path, "composition", 1, 6)
+    gaps = {ids[0]: 1.0, ids[1]: 0.5, ids[2]: 0.2, ids[3]: 1e200}
+    cfg = TrainConfig(name="t", model="tiny:sd", output=str(tmp_path / "train"), loss="fine", batch_size=2,
+                      max_steps=4, checkpoint_every=1, learning_rate=1e-4,
+                      data={"paths": [str(tmp_path)], "resolution": 32, "shuffle_buffer": 0, "missing_gap": "drop",
+                            "gap_file": write_gaps(tmp_path / "gaps.parquet", gaps)})
+    with caplog.at_level("WARNING", logger="pairforge.train"), pytest.raises(TrainingHalted) as halted:
+        train(cfg)
+    assert "2 of the 6 pairs that pass the filters have no gap" in caplog.text and "dropped" in caplog.text
+    run_dir = tmp_path / "train" / "t"
+    with open(run_dir / "seen" / "rank-0.csv") as f:
+        seen = [row["pair_ids"].split() for row in csv.DictReader(f)]
+    bad_step = len(seen) + 1  # the steps before it were trained and logged
+    assert str(halted.value).startswith(f"training stopped at step {bad_step}: the loss is inf (pairs ")
+    assert ids[3] in str(halted.value) and "\n" not in str(halted.value)
+    assert all(p in gaps for step in seen for p in step) and ids[3] not in {p for step in seen for p in step}
+    assert not (run_dir / "final").exists()
+    checkpoints = list(run_dir.glob("ray/**/unet"))
+    assert len(checkpoints) == bad_step - 1  # one per step before the bad one, each with finite weights
+    for unet in checkpoints:
+        assert all(torch.isfinite(v).all() for v in UNet2DConditionModel.from_pretrained(unet).state_dict().values())
+
+
+def test_resume_trains_on_the_rest_of_the_epoch_in_the_uninterrupted_order(ray_session, tmp_path):
+    """Stopped at step 3 (a checkpoint) and resumed to step 8, a run sees the pairs an uninterrupted run sees,
+    step by step: the rest of epoch 0, then epoch 1. On main a resume restarted the epoch (seeded by the
+    step) and trained on its first batches again."""
+    ids = write_pairs(tmp_path / "data", "composition", 3, 4)  # 12 pairs: 6 steps of 2 per epoch
+    base = dict(model="tiny:sd", output=str(tmp_path / "train"), loss="poly", alpha=0.0, batch_size=2,
+                checkpoint_every=3, learning_rate=1e-4, report_every=100,
+                data={"paths": [str(tmp_path / "data")], "resolution": 32, "shuffle_buffer": 4})
+    train(TrainConfig(name="whole", max_steps=8, **base))
+    train(TrainConfig(name="cut", max_steps=3, **base))
+    cut_dir = tmp_path / "train" / "cut"
+    # As if the stopped run had gone on to step 5 and died before its next checkpoint: those steps' log rows
+    # belong to weights that are gone, and the resumed run drops them.
+    with open(cut_dir / "seen" / "rank-0.csv", "a") as f:
+        f.write(f"4,0,4,{ids[0]} {ids[1]}\n5,0,5,{ids[2]} {ids[3]}\n")
+    train(TrainConfig(name="cut", max_steps=8, **base))
+
+    def seen(name: str) -> list[tuple[int, int, list[str]]]:
+        with open(tmp_path / "train" / name / "seen" / "rank-0.csv") as f:
+            return [(int(r["step"]), int(r["epoch"]), r["pair_ids"].split()) for r in csv.DictReader(f)]
+
+    whole, cut = seen("whole"), seen("cut")
+    assert [(s, e) for s, e, _ in whole] == [(s, 0) for s in range(1, 7)] + [(7, 1), (8, 1)]
+    assert sorted(p for _, e, ps in whole if e == 0 for p in ps) == sorted(ids)  # every pair once per epoch
+    assert cut == whole
+    # The same weights, optimizer state, pairs and noise: the resumed steps compute the same losses.
+    losses = {name: [float(r["loss"]) for r in read_metrics(str(tmp_path / "train" / name))] for name in ("whole", "cut")}
+    assert losses["cut"] == pytest.approx(losses["whole"], rel=1e-5)
