@@ -82,14 +82,18 @@ def train(config: Path = typer.Argument(..., help="training config (YAML)"),
           set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Diffusion-DPO / Poly-DPO with Ray Train on pair shards; resumes from the latest checkpoint."""
     from schemas.config import ConfigError, load_train_config, parse_overrides
+    from training.data import TrainDataError
+    from training.train import TrainingHalted
     from training.train import train as train_job
 
     _setup_logging()
     try:
         cfg = load_train_config(config, parse_overrides(set_))
-    except (ConfigError, FileNotFoundError) as e:
+        result = train_job(cfg)
+    except (ConfigError, FileNotFoundError, TrainDataError) as e:
         _fail(str(e))
-    result = train_job(cfg)
+    except TrainingHalted as e:
+        _fail(str(e), code=1)
     m = result.metrics or {}
     typer.echo(f"trained to step {m.get('step')}: loss {m.get('loss', float('nan')):.4f}, "
                f"implicit acc {m.get('implicit_acc', float('nan')):.2f}")
