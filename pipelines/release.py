@@ -326,7 +326,7 @@ def released_rows(table: pa.Table, cfg: ReleaseConfig, plan: Plan, category: str
         splits.append(split_of(prompts[k], cfg.splits))
         chosen = plan.unique_test.get(normalize_prompt(prompts[k]))
         unique.append(chosen is not None and chosen[1] == pair_id)
-    return table.take(keep), splits, unique
+    return table.take(pa.array(keep, pa.int64())), splits, unique
 
 
 # ---------------------------------------------------------------- writing shards

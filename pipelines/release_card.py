@@ -244,7 +244,8 @@ def write_croissant(stage: Path, cfg, written: dict, sources: list[dict]) -> Pat
     for cat in written["data"]:
         fs_id = f"parquet-{cat}"
         distribution.append(mlc.FileSet(id=fs_id, name=fs_id, encoding_formats=["application/x-parquet"],
-                                        includes=[f"data/{cat}/*.parquet"]))
+                                        includes=[f"data/{cat}/{split}-*.parquet" for split in written["data"][cat]
+                                                  if split != "test_unique"]))  # test_unique repeats test rows
         fields = [mlc.Field(id=f"{cat}/{name}", name=name, data_types=[dtype],
                             source=mlc.Source(file_set=fs_id, extract=mlc.Extract(column=name)))
                   for name, dtype in scalar.items()]
