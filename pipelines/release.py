@@ -275,7 +275,7 @@ def plan_release(files: dict[str, list[Path]], cfg: ReleaseConfig, decon: Decont
             prompts, prompts_l = table["prompt"].to_pylist(), table["prompt_l"].to_pylist()
             if decon is not None:
                 distinct = sorted({t for k, (p, pl) in enumerate(zip(prompts, prompts_l)) if reasons[k] is None
-                                   for t in texts_of(p, pl)} - set(plan.contaminated))
+                                   for t in texts_of(p, pl) if normalize_prompt(t) not in plan.contaminated})
                 for text, m in zip(distinct, decon.match(distinct)):
                     if m is not None:
                         plan.contaminated[normalize_prompt(text)] = {"prompt": text, "category": category, "pairs": 0, **m}
@@ -359,23 +359,23 @@ class SplitWriter:
             return
         self.pending.append(table.select(self.schema.names).cast(self.schema))
         self.pending_rows += table.num_rows
-        if self.pending_rows >= self.row_group_rows:
-            self._flush()
+        while self.pending_rows >= self.row_group_rows:
+            self._write_row_group(self.row_group_rows)
 
-    def _flush(self) -> None:
-        if not self.pending_rows:
-            return
-        table = pa.concat_tables(self.pending)
-        self.pending, self.pending_rows = [], 0
+    def _write_row_group(self, n: int) -> None:
+        """Write the first `n` pending rows as one row group; close the shard once it reaches the target."""
+        pending = pa.concat_tables(self.pending)
+        table, rest = pending.slice(0, n), pending.slice(n)
+        self.pending, self.pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
         if self.writer is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self.parts.append(self.directory / f".{self.split}-{len(self.parts):05d}.parquet")
             self.sink = pa.OSFile(str(self.parts[-1]), "wb")
             self.writer = pq.ParquetWriter(self.sink, self.schema, compression="zstd")
-        self.writer.write_table(table, row_group_size=self.row_group_rows)
+        self.writer.write_table(table, row_group_size=n)
         self.rows += table.num_rows
         self.nbytes += table.nbytes
-        if self.sink.tell() >= self.target_bytes:
+        if self.sink.tell() >= self.target_bytes:  # write_table closed its row group: tell() is the size so far
             self._close()
 
     def _close(self) -> None:
@@ -385,8 +385,9 @@ class SplitWriter:
             self.writer = self.sink = None
 
     def finish(self) -> list[Path]:
-        """Flush, close, and rename the shards to their final `<split>-NNNNN-of-NNNNN.parquet` names."""
-        self._flush()
+        """Write the last rows, close, and rename the shards to their final `<split>-NNNNN-of-NNNNN.parquet` names."""
+        if self.pending_rows:
+            self._write_row_group(self.pending_rows)
         self._close()
         final = [self.directory / f"{self.split}-{k:05d}-of-{len(self.parts):05d}.parquet" for k in range(len(self.parts))]
         for tmp, path in zip(self.parts, final):

@@ -118,7 +118,7 @@ def _body(cfg, written: dict, report: dict, sources: list[dict]) -> str:
     lines += ["## Categories and splits", "", "| category | label sources | " + " | ".join(split_names) + " |",
               "|---|---|" + "---|" * len(split_names)]
     for cat, splits in data.items():
-        sources_of = ", ".join(sorted(_label_sources(report, sources, cat))) or "-"
+        sources_of = ", ".join(sorted(_label_sources(sources, cat))) or "-"
         lines.append(f"| {cat} | {sources_of} | " + " | ".join(str(splits.get(s, {}).get("rows", 0)) for s in split_names) + " |")
     total = sum(v["rows"] for cat in data.values() for s, v in cat.items() if s != "test_unique")
     lines += ["", f"{total} pairs. Splits are assigned per prompt by a stable hash of its normalised text (NFKC, "
@@ -133,7 +133,7 @@ def _body(cfg, written: dict, report: dict, sources: list[dict]) -> str:
               "(`edit_dimensions`, `required_text`, `ocr`, `scores`, `candidates`). The full schema is in the "
               "`dataset_info` above and in pairforge's `schemas/pair.py`.", ""]
     lines += ["## How the labels were made", ""]
-    used = sorted({s for cat in data for s in _label_sources(report, sources, cat)})
+    used = sorted({s for cat in data for s in _label_sources(sources, cat)})
     lines += [f"- **{s}**: {LABELS.get(s, s)}" for s in used]
     panels = {name: p for run in _runs(sources) for name, p in (run.get("config", {}).get("panels") or {}).items()}
     for name, p in panels.items():
@@ -208,7 +208,7 @@ def _body(cfg, written: dict, report: dict, sources: list[dict]) -> str:
     return "\n".join(x for x in lines if x is not None) + "\n"
 
 
-def _label_sources(report: dict, sources: list[dict], cat: str) -> set[str]:
+def _label_sources(sources: list[dict], cat: str) -> set[str]:
     return {s for src in sources if src["stats"] for s in (src["stats"]["categories"].get(cat, {}).get("label_sources") or {})}
 
 

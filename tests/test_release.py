@@ -137,7 +137,7 @@ def test_real_run_release_splits_are_disjoint_by_prompt(real_release):
 
 
 def test_real_run_release_shards_checksums_and_no_leftovers(real_release):
-    _, dest, _, _, _ = real_release
+    _, dest, report, _, _ = real_release
     for tree in ("data", "no_images"):
         groups = defaultdict(list)
         for f in (dest / tree).glob("*/*"):
@@ -147,7 +147,9 @@ def test_real_run_release_shards_checksums_and_no_leftovers(real_release):
         for (cat, split), parts in groups.items():
             n = parts[0][1]
             assert sorted(k for k, _ in parts) == list(range(n)) and {t for _, t in parts} == {n}, (cat, split)
-    assert any(n > 1 for n in (int(SHARD_NAME.match(f.name).group(3)) for f in (dest / "data").glob("*/*.parquet")))
+    for cat, splits in report["files"]["data"].items():  # every row is over the 15 KB target: a shard each
+        for split, files in splits.items():
+            assert len(files) == report["categories"][cat]["released"][split], (cat, split)
     listed = {}
     for line in (dest / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split("  ", 1)
@@ -346,6 +348,32 @@ def test_selection_thresholds_apply_only_where_stored_caps_and_sample_are_seeded
     other = ReleaseConfig.model_validate({**cfg.model_dump(), "selection": {**cfg.selection.model_dump(), "seed": 4}})
     release([out], tmp_path / "other", other)
     assert ids(tmp_path / "other") != ids(tmp_path / "dest")
+
+
+def test_shards_roll_over_near_the_target_size(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    def noise(seed):  # ~12 KB of incompressible PNG
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, format="PNG")
+        return {"bytes": buf.getvalue(), "path": None}
+
+    out = tmp_path / "out"
+    write_pairs(out, "composition", [{"pair_id": f"p{i}", "prompt": p, "image_w": noise(i), "image_l": noise(100 + i)}
+                                     for i, p in enumerate(PROMPTS)])
+    target = 0.1  # MB: about 4 rows of two images
+    cfg = ReleaseConfig.model_validate(release_config(**{"splits.train": 1.0, "splits.validation": 0.0, "splits.test": 0.0,
+                                                          "shard_size_mb": target, "row_group_rows": 2}))
+    report = release([out], tmp_path / "dest", cfg)
+    files = [tmp_path / "dest" / f for f in report["files"]["data"]["composition"]["train"]]
+    n = len(files)
+    assert n >= 6 and [f.name for f in files] == [f"train-{k:05d}-of-{n:05d}.parquet" for k in range(n)]
+    sizes = [f.stat().st_size for f in files]
+    row_group = 2 * 2 * 13_000  # two rows of two ~12.3 KB images, and their metadata
+    assert all(target * 2**20 <= s < target * 2**20 + row_group for s in sizes[:-1]), sizes  # closed once it got there
+    assert sum(pq.ParquetFile(f).metadata.num_rows for f in files) == len(PROMPTS)
+    assert all(pq.ParquetFile(f).metadata.row_group(0).num_rows == 2 for f in files[:-1])
 
 
 @settings(max_examples=200, deadline=None)
