@@ -259,7 +259,6 @@ class Plan:
     contaminated: dict = field(default_factory=dict)                     # normalised text -> match record
     cap_threshold: dict = field(default_factory=dict)                    # category -> max sample hash kept
     unique_test: dict = field(default_factory=dict)                      # normalised prompt -> (hash, pair_id)
-    over_cap: Counter = field(default_factory=Counter)
 
 
 def plan_release(files: dict[str, list[Path]], cfg: ReleaseConfig, decon: Decontaminator | None) -> Plan:
@@ -304,7 +303,6 @@ def plan_release(files: dict[str, list[Path]], cfg: ReleaseConfig, decon: Decont
                         plan.unique_test[key] = (h, pair_id)
         if cap is not None and selected[category] > cap:
             plan.cap_threshold[category] = -heaps[category][0]
-            plan.over_cap[category] = selected[category] - cap
             plan.dropped[category]["over_cap"] += selected[category] - cap
     return plan
 
