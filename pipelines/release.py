@@ -130,8 +130,8 @@ class Decontaminator:
 
             self.eval_shingles = [shingles(n, cfg.ngram) for n in norms]
             self.lsh = MinHashLSH(threshold=cfg.minhash_threshold, num_perm=cfg.num_perm)
-            for i, sh in enumerate(self.eval_shingles):
-                self.lsh.insert(str(i), self._minhash(sh))
+            for i, m in enumerate(self._minhashes(self.eval_shingles)):
+                self.lsh.insert(str(i), m)
         self.embedder = self.eval_vectors = None
         if cfg.embedding_threshold is not None and evals:
             from workers.embedder import PromptEmbedder
@@ -140,12 +140,11 @@ class Decontaminator:
             self.embedder = PromptEmbedder(resolve_model_ref(cfg.embedder))
             self.eval_vectors = self._embed([t for _, t in evals])
 
-    def _minhash(self, sh: set[str]):
+    def _minhashes(self, shingle_sets: list[set[str]]) -> list:
+        """One MinHash per set; `bulk` shares the permutations (initialising them is most of a MinHash's cost)."""
         from datasketch import MinHash
 
-        m = MinHash(num_perm=self.cfg.num_perm, seed=1)
-        m.update_batch([s.encode() for s in sh])
-        return m
+        return MinHash.bulk([[s.encode() for s in sh] for sh in shingle_sets], num_perm=self.cfg.num_perm, seed=1)
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         emb = self.embedder(pa.table({"prompt": texts}))["embedding"].combine_chunks()
@@ -159,14 +158,16 @@ class Decontaminator:
             found[k] = {"method": method, "eval_set": self.evals[i][0], "eval_prompt": self.evals[i][1],
                         "score": round(float(score), 4)}
 
-        for k, text in enumerate(texts):
-            norm = normalize_prompt(text)
+        norms = [normalize_prompt(t) for t in texts]
+        for k, norm in enumerate(norms):
             if norm in self.exact:
                 hit(k, self.exact[norm], "exact", 1.0)
-            elif self.lsh is not None:
-                sh = shingles(norm, self.cfg.ngram)
+        if self.lsh is not None:
+            rest = [k for k in range(len(texts)) if found[k] is None]
+            sets = [shingles(norms[k], self.cfg.ngram) for k in rest]
+            for k, sh, m in zip(rest, sets, self._minhashes(sets)):
                 scored = [(len(sh & self.eval_shingles[i]) / len(sh | self.eval_shingles[i]), i)
-                          for i in map(int, self.lsh.query(self._minhash(sh)))]
+                          for i in map(int, self.lsh.query(m))]
                 best = max(scored, default=None)
                 if best and best[0] >= self.cfg.minhash_threshold:
                     hit(k, best[1], "minhash", best[0])
