@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 from pipelines.store import sha256_file, shard_files
 from schemas.pair import PIPELINE_VERSION, pair_schema, stable_hash
 from schemas.release import EvalSet, ReleaseConfig
-from workers.publish import publish_atomically, temp_path
+from workers.publish import owned_temps, publish_atomically, remove, temp_path
 
 OWNER = "release"
 SPLITS = ("train", "validation", "test")
@@ -462,6 +462,11 @@ def release(outs: list[str | Path], dest: str | Path, cfg: ReleaseConfig, *, ove
     if not files:
         raise ReleaseError(f"{', '.join(map(str, outs))}: no decided pairs to release"
                            + (f" in categories {categories}" if categories else ""))
+    # A release killed before it published left its staging directory beside DEST (a later one cleans it up;
+    # two releases into the same DEST at once are not supported).
+    for stale in owned_temps(dest.parent, OWNER) if dest.parent.is_dir() else []:
+        if stale.name.endswith(f"-{dest.name}"):
+            remove(stale)
     started = time.time()
     decon = Decontaminator(cfg.decontamination, evals) if evals else None
     plan = plan_release(files, cfg, decon)

@@ -434,13 +434,16 @@ def test_bad_input_ends_in_one_clear_line(small_output, tmp_path, case):
 
 def test_python_m_entry_point_and_overwrite(small_output, tmp_path):
     """`python -m pipelines.release` (what `ray job submit` runs): a bad config key is one line and exit 2;
-    `--overwrite` replaces an existing release."""
+    `--overwrite` replaces an existing release; a killed release's staging directory is cleaned up."""
     cfg = write_yaml(tmp_path / "release.yaml", release_config())
     bad = write_yaml(tmp_path / "bad.yaml", release_config(**{"splitz": {}}))
     cmd = [sys.executable, "-m", "pipelines.release", str(small_output), str(tmp_path / "dest")]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     failed = subprocess.run([*cmd, "--config", str(bad)], capture_output=True, text=True, cwd=REPO, env=env)
     assert failed.returncode == 2 and failed.stderr.strip().count("\n") == 0 and "splitz: Extra inputs" in failed.stderr
+    stale, other = tmp_path / ".tmp-release-0123456789ab-dest", tmp_path / ".tmp-release-0123456789ab-other"
+    for d in (stale, other):  # a killed release's staging directory, and one of a release into another DEST
+        (d / "data").mkdir(parents=True)
     first = subprocess.run([*cmd, "--config", str(cfg)], capture_output=True, text=True, cwd=REPO, env=env)
     assert first.returncode == 0, first.stderr
     assert subprocess.run([*cmd, "--config", str(cfg)], capture_output=True, text=True, cwd=REPO, env=env).returncode == 2
@@ -448,4 +451,4 @@ def test_python_m_entry_point_and_overwrite(small_output, tmp_path):
     again = subprocess.run([*cmd, "--config", str(cfg), "--overwrite"], capture_output=True, text=True, cwd=REPO, env=env)
     assert again.returncode == 0, again.stderr
     assert not (tmp_path / "dest" / "stale.txt").exists() and (tmp_path / "dest" / "SHA256SUMS").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == [other]
