@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 from pipelines.store import sha256_file, shard_files
 from schemas.pair import PIPELINE_VERSION, pair_schema, stable_hash
 from schemas.release import EvalSet, ReleaseConfig
-from workers.publish import owned_temps, publish_atomically, remove, temp_path
+from workers.publish import TMP_PREFIX, owned_temps, publish_atomically, remove, temp_path
 
 OWNER = "release"
 SPLITS = ("train", "validation", "test")
@@ -452,6 +452,8 @@ def release(outs: list[str | Path], dest: str | Path, cfg: ReleaseConfig, *, ove
 
     outs, dest = [Path(o) for o in outs], Path(dest)
     check_outputs(outs)
+    if dest.exists() and not dest.is_dir():
+        raise ReleaseError(f"{dest}: exists and is not a directory; choose a new DEST")
     if dest.exists() and any(dest.iterdir()) and not overwrite:
         raise ReleaseError(f"{dest}: exists and is not empty; choose a new DEST or pass --overwrite")
     if dest.resolve() in {o.resolve() for o in outs}:
@@ -464,8 +466,9 @@ def release(outs: list[str | Path], dest: str | Path, cfg: ReleaseConfig, *, ove
                            + (f" in categories {categories}" if categories else ""))
     # A release killed before it published left its staging directory beside DEST (a later one cleans it up;
     # two releases into the same DEST at once are not supported).
+    mine = re.compile(rf"{re.escape(TMP_PREFIX + OWNER)}-[0-9a-f]{{12}}-{re.escape(dest.name)}")  # temp_path's names
     for stale in owned_temps(dest.parent, OWNER) if dest.parent.is_dir() else []:
-        if stale.name.endswith(f"-{dest.name}"):
+        if mine.fullmatch(stale.name):
             remove(stale)
     started = time.time()
     decon = Decontaminator(cfg.decontamination, evals) if evals else None
@@ -510,7 +513,8 @@ def _report(outs, cfg: ReleaseConfig, plan: Plan, written: dict, config_path, st
     per_cat = {}
     for c in sorted(set(decided) | set(undecided) | set(errors)):
         released = {s: v["rows"] for s, v in data.get(c, {}).items()}
-        dropped = dict(sorted(plan.dropped[c].items())) if c in plan.read else {"category_not_selected": decided[c]}
+        dropped = dict(sorted(plan.dropped[c].items())) if c in plan.read else \
+            ({"category_not_selected": decided[c]} if decided[c] else {})
         per_cat[c] = {"decided": decided[c], "undecided_excluded": undecided[c], "errors_excluded": errors[c],
                       "dropped": dropped, "released": released,
                       "released_pairs": sum(n for s, n in released.items() if s != "test_unique")}

@@ -441,7 +441,7 @@ def test_python_m_entry_point_and_overwrite(small_output, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     failed = subprocess.run([*cmd, "--config", str(bad)], capture_output=True, text=True, cwd=REPO, env=env)
     assert failed.returncode == 2 and failed.stderr.strip().count("\n") == 0 and "splitz: Extra inputs" in failed.stderr
-    stale, other = tmp_path / ".tmp-release-0123456789ab-dest", tmp_path / ".tmp-release-0123456789ab-other"
+    stale, other = tmp_path / ".tmp-release-0123456789ab-dest", tmp_path / ".tmp-release-0123456789ab-other-dest"
     for d in (stale, other):  # a killed release's staging directory, and one of a release into another DEST
         (d / "data").mkdir(parents=True)
     first = subprocess.run([*cmd, "--config", str(cfg)], capture_output=True, text=True, cwd=REPO, env=env)
