@@ -129,6 +129,129 @@ def release(paths: list[Path] = typer.Argument(..., help="OUT [OUT ...] DEST: ru
         typer.echo(f"pushed: {push_release(dest, push)}")
 
 
+def _output_dir(output: Path) -> None:
+    if not (output / "pairs").is_dir():
+        _fail(f"{output}: not a pairforge output directory (no pairs/ inside)")
+
+
+@app.command()
+def annotate(output: Path = typer.Argument(..., help="output directory of a run"),
+             raters: str | None = typer.Option(None, help="comma-separated rater names (needed to start a round)"),
+             sample: int | None = typer.Option(None, help="pairs drawn per category [default: 50]"),
+             gold: int | None = typer.Option(None, help="gold pairs (constructed truth) shown to every rater [default: 10]"),
+             raters_per_pair: int | None = typer.Option(None, help="raters who see each pair [default: 3]"),
+             seed: int | None = typer.Option(None, help="seed of the sample, the assignment and the sides [default: 0]"),
+             host: str = typer.Option("127.0.0.1", help="address to listen on (localhost: only this machine)"),
+             port: int = typer.Option(8765, help="port to listen on"),
+             db: str | None = typer.Option(None, "--db", help="database URL [default: sqlite OUT/annotations.sqlite]; "
+                                           "postgresql+psycopg://user@host/name for PostgreSQL"),
+             urls_only: bool = typer.Option(False, "--urls-only", help="create or check the round, print the URLs, "
+                                            "do not serve")) -> None:
+    """Serve A/B pages to human raters (one URL per rater); answers go to the database as they are given."""
+    from pydantic import ValidationError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pipelines.annotate import StudyMismatch, open_study
+
+    _output_dir(output)
+    given = {"raters": raters.split(",") if raters else None, "sample": sample, "gold": gold,
+             "raters_per_pair": raters_per_pair, "seed": seed}
+    try:
+        engine, tokens, created = open_study(output, {k: v for k, v in given.items() if v is not None}, db)
+    except ValidationError as e:
+        first = e.errors()[0]
+        _fail(f"--{str(first['loc'][0]).replace('_', '-') if first['loc'] else 'raters'}: {first['msg']}")
+    except StudyMismatch as e:
+        _fail(str(e))
+    except (SQLAlchemyError, ImportError) as e:
+        _fail(f"--db {db or 'default'}: cannot open the database: {str(e).splitlines()[0]}")
+    shown = "localhost" if host in ("127.0.0.1", "::1", "localhost") else host
+    if shown != "localhost":
+        typer.secho(f"listening on {host}: anyone who can reach port {port} and holds a URL can answer as that rater; "
+                    "serve it over TLS (a reverse proxy) or an SSH tunnel", fg=typer.colors.YELLOW, err=True)
+    typer.echo(("created" if created else "resumed") + f" annotation round in {engine.url.render_as_string(hide_password=True)}")
+    for name, token in tokens.items():
+        typer.echo(f"{name}: http://{shown}:{port}/r/{token}")
+    sys.stdout.flush()
+    if urls_only:
+        return
+    import uvicorn
+
+    from pipelines.annotate.app import create_app
+
+    uvicorn.run(create_app(output, engine), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def agreement(output: Path = typer.Argument(..., help="output directory of a run"),
+              db: str | None = typer.Option(None, "--db", help="database URL [default: sqlite OUT/annotations.sqlite]"),
+              as_json: bool = typer.Option(False, "--json", help="print the report as JSON")) -> None:
+    """Human-human and VLM-human agreement of an annotation round; writes OUT/agreement.json."""
+    from pipelines.agreement import format_agreement, write_agreement
+
+    report = write_agreement(output, _round(output, db))
+    typer.echo(json.dumps(report, indent=1) if as_json else format_agreement(report))
+    typer.echo(f"report: {output / 'agreement.json'}")
+
+
+TOOLS = {"label-studio": "label_studio", "argilla": "argilla"}
+
+
+def _round(output: Path, db: str | None):
+    """The engine of an existing annotation round (one line and exit 2 when there is none)."""
+    from pipelines.annotate import db as annotate_db
+
+    _output_dir(output)
+    if db is None and not (output / annotate_db.DEFAULT_DB).exists():
+        _fail(f"{output / annotate_db.DEFAULT_DB}: no annotation round here; "
+              f"start one with `pairforge annotate {output} --raters ...` (add --urls-only to only create it)")
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        engine = annotate_db.connect(annotate_db.db_url(output, db))
+        found = annotate_db.load_config(engine) is not None
+    except (SQLAlchemyError, ImportError) as e:
+        _fail(f"--db {db or 'default'}: cannot open the database: {str(e).splitlines()[0]}")
+    if not found:
+        _fail(f"{db or output / annotate_db.DEFAULT_DB}: no annotation round here; "
+              f"start one with `pairforge annotate {output} --raters ...`")
+    return engine
+
+
+@app.command("annotate-export")
+def annotate_export(output: Path = typer.Argument(..., help="output directory of a run"),
+                    directory: Path = typer.Argument(..., help="where to write the export"),
+                    to: str = typer.Option(..., "--to", help="label-studio | argilla"),
+                    db: str | None = typer.Option(None, "--db", help="database URL of the round")) -> None:
+    """Write the round's pairs as Label Studio tasks (+ labeling config) or Argilla records."""
+    from pipelines.annotate.exchange import export_argilla, export_label_studio
+
+    if to not in TOOLS:
+        _fail(f"--to {to}: use one of {', '.join(TOOLS)}")
+    engine = _round(output, db)
+    for path in (export_label_studio if to == "label-studio" else export_argilla)(output, engine, directory):
+        typer.echo(f"wrote {path}")
+
+
+@app.command("annotate-import")
+def annotate_import(output: Path = typer.Argument(..., help="output directory of a run"),
+                    file: Path = typer.Argument(..., help="Label Studio JSON export or Argilla records (JSON)"),
+                    source: str = typer.Option(..., "--from", help="label-studio | argilla"),
+                    db: str | None = typer.Option(None, "--db", help="database URL of the round")) -> None:
+    """Store answers given in Label Studio or Argilla on an exported round (then run `pairforge agreement`)."""
+    from pipelines.annotate.exchange import ExchangeError, import_answers
+
+    if source not in TOOLS:
+        _fail(f"--from {source}: use one of {', '.join(TOOLS)}")
+    engine = _round(output, db)
+    try:
+        counts = import_answers(engine, file, TOOLS[source])
+    except ExchangeError as e:
+        _fail(str(e))
+    typer.echo(f"{counts['answers']} answers stored, {counts['unchanged']} already there, "
+               f"{counts['raters_added']} raters added")
+
+
 @models_app.command("tiny")
 def tiny(directory: Path = typer.Argument(..., help="where to build the kit")) -> None:
     """Build the tiny-model kit (random weights, real architectures) into DIRECTORY, offline."""

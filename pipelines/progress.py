@@ -37,7 +37,8 @@ class RunProgress:
     def __init__(self):
         self.t0 = time.monotonic()
         self.actors: dict[str, dict] = {}  # actor id -> stage, pid, node, state (loading | busy | idle), since, rows
-        self.stages: dict[str, Counter] = {}  # stage -> actors ready, batches, rows
+        self.stages: dict[str, Counter] = {}  # stage -> actors ready, batches, rows, busy_s
+        self.busy: dict[str, Counter] = {}  # stage -> category -> busy seconds (a batch's, split by its rows)
         self.done: dict[str, Counter] = {}  # category -> pairs, undecided, errors
         self.errors: Counter = Counter()  # error message -> rows
         self.last_progress = 0.0
@@ -53,7 +54,7 @@ class RunProgress:
 
     def ready(self, actor: str) -> None:
         a = self.actors[actor]
-        a.update(state="idle", since=self._now())
+        a.update(state="idle", since=self._now(), ready_at=self._now())
         self.stages[a["stage"]]["ready"] += 1
         self.last_progress = self.last_ready = self._now()
 
@@ -62,10 +63,13 @@ class RunProgress:
         if self.first_batch is None:
             self.first_batch = self._now()
 
-    def finished(self, actor: str, rows: int) -> None:
+    def finished(self, actor: str, rows: int, busy_s: float = 0.0, categories: dict[str, int] | None = None) -> None:
         a = self.actors[actor]
-        a.update(state="idle", since=self._now(), rows=0)
-        self.stages[a["stage"]].update(batches=1, rows=rows)
+        a.update(state="idle", since=self._now(), rows=0, busy_s=a.get("busy_s", 0.0) + busy_s)
+        self.stages[a["stage"]].update(batches=1, rows=rows, busy_s=busy_s)
+        by_category = self.busy.setdefault(a["stage"], Counter())
+        for category, n in (categories or {}).items():
+            by_category[category] += busy_s * n / rows
         self.last_progress = self._now()
 
     def labelled(self, counts: dict[str, dict[str, int]], errors: list[str]) -> None:
@@ -78,7 +82,8 @@ class RunProgress:
         return {"now": self._now(), "last_progress": self.last_progress, "first_batch": self.first_batch,
                 "last_ready": self.last_ready,
                 "actors": self.actors, "stages": {s: dict(c) for s, c in self.stages.items()},
-                "done": {c: dict(v) for c, v in self.done.items()}, "errors": self.errors.most_common(3)}
+                "done": {c: dict(v) for c, v in self.done.items()}, "errors": self.errors.most_common(3),
+                "busy": {s: dict(c) for s, c in self.busy.items()}}
 
 
 def start_progress_actor():
@@ -88,6 +93,38 @@ def start_progress_actor():
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     return ray.remote(RunProgress).options(num_cpus=0, scheduling_strategy=here).remote()
+
+
+def cost_summary(snap: dict, gpus: dict[str, float]) -> dict:
+    """What the pools spent, from the progress record at the run's end. Per stage: actors, batches, rows,
+    busy seconds (time inside the worker's batches), GPU-seconds (busy seconds times the GPUs an actor
+    holds), seconds per row and utilisation (busy seconds over the time its actors were up after loading:
+    near 1 for the pool the others wait for). Per category: seconds of each stage per pair the run wrote
+    (pairs, undecided and errors). The bottleneck is the stage with the highest utilisation."""
+    stages = {}
+    for stage, counts in snap["stages"].items():
+        actors = [a for a in snap["actors"].values() if a["stage"] == stage and a.get("ready_at") is not None]
+        up = sum(snap["now"] - a["ready_at"] for a in actors)
+        busy = counts.get("busy_s", 0.0)
+        stages[stage] = {"actors": len(actors), "batches": counts.get("batches", 0), "rows": counts.get("rows", 0),
+                         "busy_s": round(busy, 3), "gpu_s": round(busy * gpus.get(stage, 0.0), 3),
+                         "s_per_row": round(busy / counts["rows"], 4) if counts.get("rows") else None,
+                         "utilisation": round(busy / up, 3) if up > 0 else None}
+    pairs = {c: sum(v.values()) for c, v in snap["done"].items()}
+    per_pair = {c: {s: round(by_cat.get(c, 0.0) / n, 4) for s, by_cat in snap.get("busy", {}).items() if by_cat.get(c)}
+                for c, n in pairs.items() if n}
+    ranked = [s for s in stages if stages[s]["utilisation"] is not None]
+    bottleneck = max(ranked, key=lambda s: (stages[s]["utilisation"], stages[s]["busy_s"])) if ranked else None
+    busy = {s: {c: round(v, 3) for c, v in by_cat.items()} for s, by_cat in snap.get("busy", {}).items()}
+    return {"stages": stages, "s_per_pair": per_pair, "bottleneck": bottleneck, "pairs": pairs, "busy_by_category": busy}
+
+
+def cost_line(cost: dict) -> str:
+    """One log line: the bottleneck and each category's busy seconds per pair summed over stages."""
+    b = cost["bottleneck"]
+    head = f"cost: bottleneck {b} ({cost['stages'][b]['utilisation']:.0%} busy)" if b else "cost: no pool ran"
+    cats = ", ".join(f"{c} {sum(v.values()):.2f} s/pair" for c, v in cost["s_per_pair"].items())
+    return f"{head}{' | ' + cats if cats else ''} (busy seconds summed over pools; per stage in manifest.json)"
 
 
 class RunHalted(ExecutionTimeoutError):

@@ -185,7 +185,12 @@ def render_html(out: str | Path, report: dict) -> str:
                      f"<td>{_pct(s['reward_consistency'])}</td></tr>")
     parts.append("</table><div class='figs'>")
     parts += [f"<img alt='{k}' src='{v}'>" for k, v in figs.items()]
-    parts.append("</div><h2>Sample pairs</h2>")
+    parts.append("</div>")
+    if report.get("human_agreement"):
+        from pipelines.agreement import html_section
+
+        parts.append(html_section(report["human_agreement"]))
+    parts.append("<h2>Sample pairs</h2>")
     for category, rows in _samples(out).items():
         parts.append(f"<h3>{html.escape(category)}</h3>")
         for r in rows:

@@ -20,11 +20,11 @@ import ray
 from ray.data.expressions import col
 
 from pipelines.lease import OutputBusy, OutputLease
-from pipelines.progress import RunHalted, RunMonitor, Watch, start_progress_actor
+from pipelines.progress import RunHalted, RunMonitor, Watch, cost_line, cost_summary, start_progress_actor
 from pipelines.prompts import PromptsError, nothing_to_do, plan_prompts
 from pipelines.recipes import recipe
 from pipelines.records import WORK_COLUMNS
-from pipelines.stages import apply_worker_pools, model_refs
+from pipelines.stages import apply_worker_pools, model_refs, pool_specs
 from pipelines.stats import format_stats, write_stats
 from pipelines.store import OutputStore, ShardSink, new_run_id
 from schemas.config import ConfigError, RayConfig, RunConfig, load_run_config, parse_overrides
@@ -172,7 +172,7 @@ def _run(cfg: RunConfig, store: OutputStore, run_id: str, config_path: str | Non
     log.info("planned pairs this run: %s", planned)
 
     sink = ShardSink(store.path, run_id, cfg.output.rows_per_file)
-    timing = {}
+    timing, cost = {}, {}
     if branches:
         progress = start_progress_actor()
         ds = branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
@@ -191,6 +191,9 @@ def _run(cfg: RunConfig, store: OutputStore, run_id: str, config_path: str | Non
         if watch.snap:
             snap = watch.snap
             timing = {"pools_s": snap["now"], "first_batch_s": snap["first_batch"], "ready_s": snap["last_ready"]}
+            gpus = {stage: c.pool.num_gpus for _, stage, c, _ in pool_specs(cfg, model_paths, marker_nonce)}
+            cost = cost_summary(snap, gpus)
+            log.info(cost_line(cost))
     store.remove_temps()  # a write attempt that died mid-shard left its temporary behind
 
     written: dict[str, int] = {}
@@ -200,6 +203,7 @@ def _run(cfg: RunConfig, store: OutputStore, run_id: str, config_path: str | Non
         "run_id": run_id, "config_path": config_path, "started_at": started, "finished_at": time.time(),
         "config": cfg.model_dump(mode="json"), "config_hash": cfg.config_hash(), "versions": package_versions(),
         "model_paths": model_paths, "marker_nonce": marker_nonce, "planned": planned, "written": written, "timing": timing,
+        "cost": cost,
         "prompts": {"kept": sum(routed.values()), "rejected": n_rejected, "unrouted": routed.get(None, 0),
                     "routed": {k: v for k, v in routed.items() if k}},
     })

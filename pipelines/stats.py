@@ -205,11 +205,36 @@ def compute_stats(out: str | Path) -> dict:
         have = {c: cats[c]["pairs"] if c in cats else 0 for c in targets}  # no defaultdict entries for absent ones
         report["balance"] = {c: {"target": t, "pairs": have[c], "missing": max(0, t - have[c]) if t else None}
                              for c, t in sorted(targets.items())}
+        report["cost"] = cost_report(runs)
     rejects = out / "rejects" / "prompts.parquet"
     if rejects.exists():
         table = pq.read_table(rejects, columns=["reject_reason"])
         report["rejected_prompts"] = dict(Counter(r.split(":")[0] for r in table.column("reject_reason").to_pylist()))
+    from pipelines.agreement import stats_section
+
+    if human := stats_section(out):  # the last `pairforge agreement` of a human annotation round
+        report["human_agreement"] = human
     return report
+
+
+def cost_report(runs: list[dict]) -> dict | None:
+    """Over every run in the manifest: busy seconds per pair of each stage per category (summed busy
+    seconds over summed pairs written), busy and GPU-seconds per stage, and the last run's bottleneck."""
+    costed = [r["cost"] for r in runs if r.get("cost")]
+    if not costed:
+        return None
+    busy, pairs, stages = Counter(), Counter(), {}
+    for cost in costed:
+        pairs.update(cost["pairs"])
+        for stage, by_cat in cost["busy_by_category"].items():
+            busy.update({(stage, c): v for c, v in by_cat.items()})
+        for stage, st in cost["stages"].items():
+            acc = stages.setdefault(stage, Counter())
+            acc.update(busy_s=st["busy_s"], gpu_s=st["gpu_s"], rows=st["rows"])
+    per_pair = {c: {s: round(v / pairs[c], 4) for (s, cat), v in sorted(busy.items()) if cat == c}
+                for c in sorted(pairs) if pairs[c]}
+    return {"s_per_pair": per_pair, "stages": {s: {k: round(v, 3) for k, v in acc.items()} for s, acc in stages.items()},
+            "bottleneck_last_run": costed[-1]["bottleneck"], "runs": len(costed)}
 
 
 def _participant(table: pa.Table, side: str) -> pa.ChunkedArray:
@@ -321,8 +346,17 @@ def format_stats(report: dict) -> str:
     short = {c: b["missing"] for c, b in report.get("balance", {}).items() if b["missing"]}
     if short:
         lines.append("  short of target: " + ", ".join(f"{c}: {m} pairs" for c, m in short.items()))
+    if report.get("cost"):
+        c = report["cost"]
+        lines.append(f"  cost over {c['runs']} run(s), busy seconds per pair: " + "; ".join(
+            f"{cat} {sum(v.values()):.2f} (" + ", ".join(f"{s} {x:.2f}" for s, x in v.items()) + ")"
+            for cat, v in c["s_per_pair"].items()) + f"; last run's bottleneck: {c['bottleneck_last_run']}")
     if report.get("rejected_prompts"):
         lines.append("  rejected prompts: " + ", ".join(f"{k}: {v}" for k, v in report["rejected_prompts"].items()))
+    if report.get("human_agreement"):
+        from pipelines.agreement import format_section
+
+        lines += format_section(report["human_agreement"])
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """Faults during a run, on real local Ray with the tiny models: actors killed with SIGKILL, a stage that
 hangs, rows a worker raises on, and the error budget."""
 
+import logging
 import os
 import re
 import signal
@@ -12,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import small_run_config
 
-from pipelines.progress import RunHalted
+from pipelines.progress import RunHalted, progress_line
 from pipelines.run import run
 from pipelines.store import TMP_PREFIX, shard_files
 
@@ -30,14 +31,16 @@ def alive_actors(ray, stage: str) -> list:
     return [a for a in actors if f"MapBatches({stage})" in a.class_name]
 
 
-def test_killed_generator_and_judge_actors_are_restarted_and_every_pair_is_written_once(ray_session, tmp_path):
+def test_killed_generator_and_judge_actors_are_restarted_and_every_pair_is_written_once(ray_session, tmp_path, caplog):
     # sd at 40 steps is the slow stage, so it still has batches to do when the first shard appears.
     cfg = small_run_config(tmp_path, n_prompts=16, **{
         "filters.semantic_dedup": False, "output.rows_per_file": 2, "generators.sd.batch_size": 2,
         "generators.sd.steps": 40, "generators.flux.batch_size": 2, "categories.composition.panel": "anatomy",
-        "categories.composition.rewards": []}, overrides={("judges", "qwen2-vl-a", "batch_size"): 2})
+        "categories.composition.rewards": [], "run.progress_s": 2},
+        overrides={("judges", "qwen2-vl-a", "batch_size"): 2})
     out = tmp_path / "out"
     killed = {}
+    caplog.set_level(logging.INFO, logger="pairforge")
 
     def kill_mid_run():
         deadline = time.time() + 900
@@ -55,6 +58,10 @@ def test_killed_generator_and_judge_actors_are_restarted_and_every_pair_is_writt
     killer.join(timeout=60)
 
     assert {"generator:sd", "judge:qwen2-vl-a"} <= set(killed) and killed["rows_written"] < 16, killed
+    # A newcomer's log: a progress line every run.progress_s with rows/s and ETA per category, then "done".
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress: ")]
+    assert len(lines) >= 3 and lines[-1].endswith("| composition 16/16 (done)"), lines
+    assert any(re.search(r"\| composition \d+/16 \(\d+\.\d\d/s, ETA \d+:\d\d\)$", line) for line in lines), lines
     ids = [r["pair_id"] for k in ("pairs", "undecided") for r in rows_of(out, k)]
     assert len(ids) == len(set(ids)) == 16 and not shard_files(out, "errors")
     assert not list(out.rglob(f"{TMP_PREFIX}*"))
@@ -136,3 +143,16 @@ def test_rows_a_worker_raises_on_become_error_records_until_the_budget_runs_out(
     message = str(halted.value)
     assert "\n" not in message and "more than the error budget of 1" in message, message
     assert "judge:qwen2-vl-a: ValueError: absolute aspect ratio" in message and f"{out}/errors/" in message
+
+
+def test_a_progress_line_gives_rows_rate_and_eta_per_category():
+    snap = {"now": 70.0, "first_batch": 10.0, "last_progress": 69.0, "last_ready": 9.0, "actors": {}, "stages": {},
+            "errors": [], "done": {"composition": {"pairs": 90, "undecided": 30}, "alignment": {"pairs": 20, "errors": 4}}}
+    line = progress_line(snap, {"composition": 120, "alignment": 48})
+    # 144 of 168 rows in the 60 s since the first batch: 2.40/s, 24 rows left = 10 s. Errors count as done rows.
+    assert line == ("progress: 144/168 rows (86%) after 1:10, 2.40/s, ETA 0:10, 4 errors | composition 120/120 (done), "
+                    "alignment 24/48 (0.40/s, ETA 1:00)")
+    loading = {**snap, "done": {}, "stages": {"generator:sd": {"ready": 1}, "judge:a": {}},
+               "actors": {"x": {"stage": "judge:a", "state": "loading"}}}
+    assert progress_line(loading, {"composition": 120}) == \
+        "progress: 0/120 rows after 1:10; pools ready 1/2; loading models: judge:a"

@@ -203,3 +203,33 @@ def test_stats_count_votes_abstentions_and_position_bias(composition_run):
     assert c["judge_verdicts"] == 8 * 3 and 0 <= c["position_flips"] <= 24
     assert c["position_bias_rate"] == pytest.approx(c["position_flips"] / 24, abs=1e-4)
     assert compute_stats(out) == json.loads((out / "stats.json").read_text())
+
+
+def test_each_pool_accounts_its_busy_seconds_per_pair(composition_run, ray_session):
+    cfg, out, report = composition_run
+    run_ = json.loads((out / "manifest.json").read_text())["runs"][0]
+    cost, timing = run_["cost"], run_["timing"]
+    pools = {"generator:sd", "generator:flux", *(f"judge:{j}" for j in cfg.panels["main"].judges),
+             *(f"reward:{r}" for r in cfg.categories["composition"].rewards)}
+    assert set(cost["stages"]) == set(cost["busy_by_category"]) == pools and cost["pairs"] == {"composition": 8}
+    # Ray's own record of the pools' tasks, an independent clock: the busy seconds a pool reports are the time
+    # inside its tasks, so no more than the tasks' durations, and most of them (the rest is Ray's block handling).
+    from ray.util.state import list_tasks
+
+    tasks = list_tasks(address=ray_session.get_runtime_context().gcs_address, detail=True, limit=10000,
+                       filters=[("state", "=", "FINISHED")], raise_on_missing_output=False)
+    for stage, st in cost["stages"].items():
+        assert st["rows"] == 8 and st["actors"] == 1 and st["gpu_s"] == 0 and st["busy_s"] > 0, (stage, st)
+        # one actor works one batch at a time: its busy seconds fit in the time it was up, which fits in the run
+        assert 0 < st["utilisation"] <= 1.0 and st["busy_s"] <= timing["pools_s"], (stage, st)
+        assert cost["busy_by_category"][stage]["composition"] == pytest.approx(st["busy_s"], abs=0.01)
+        assert cost["s_per_pair"]["composition"][stage] == pytest.approx(st["busy_s"] / 8, abs=0.001)
+        spans = [(t.end_time_ms - t.start_time_ms) / 1000 for t in tasks
+                 if t.name == f"MapWorker(MapBatches({stage})).submit" and t.start_time_ms and t.end_time_ms
+                 and run_["started_at"] <= t.start_time_ms / 1000 <= run_["finished_at"]]  # this run's, not others
+        assert spans and st["busy_s"] <= sum(spans) + 0.05, (stage, st, spans)
+        assert st["busy_s"] >= 0.5 * sum(spans) - 0.5, (stage, st, spans)
+    assert cost["bottleneck"] == max(cost["stages"], key=lambda s: cost["stages"][s]["utilisation"])
+    # stats: the same figures, over every run of the output
+    assert report["cost"]["s_per_pair"]["composition"] == pytest.approx(cost["s_per_pair"]["composition"], abs=2e-4)
+    assert report["cost"]["bottleneck_last_run"] == cost["bottleneck"]
