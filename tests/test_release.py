@@ -413,6 +413,7 @@ BAD = {  # case: (config overrides or None for a valid config, args after the co
                      "nowhere.jsonl: eval prompt file not found"),
     "dest_exists": ({}, ["OUT", "EXISTING"], "exists and is not empty; choose a new DEST or pass --overwrite"),
     "only_dest": ({}, ["DEST"], "give at least one run output directory and then DEST"),
+    "dest_is_a_file": ({}, ["OUT", "FILE"], "exists and is not a directory"),
 }
 
 
@@ -423,8 +424,9 @@ def test_bad_input_ends_in_one_clear_line(small_output, tmp_path, case):
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "README.md").write_text("an earlier release")
+    (tmp_path / "file").write_text("not a directory")
     paths = {"OUT": str(small_output), "DEST": str(tmp_path / "dest"), "MISSING": str(tmp_path / "missing"),
-             "EXISTING": str(existing)}
+             "EXISTING": str(existing), "FILE": str(tmp_path / "file")}
     result = CliRunner().invoke(app, ["release", *[paths[a] for a in args], "--config", str(cfg)])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
