@@ -15,10 +15,12 @@ $(STAMP): pyproject.toml scripts/setup_venv.sh
 	touch $(STAMP)
 
 # Embedded default: tiny models, local Ray, bundled prompts -> pair shards, manifest, stats and an HTML
-# report, then a few Diffusion-DPO steps on them -> a checkpoint. Re-running adds nothing that exists.
+# report, a Hub-ready release of them (out/demo-release, rebuilt each time), then a few Diffusion-DPO
+# steps on them -> a checkpoint. Re-running adds nothing that exists.
 demo: $(STAMP)
 	$(BIN)/pairforge run configs/demo.yaml
 	$(BIN)/pairforge stats out/demo --html out/demo/report.html
+	$(BIN)/pairforge release out/demo out/demo-release --config configs/release_demo.yaml --overwrite
 	$(BIN)/pairforge train configs/demo_train.yaml
 
 test: $(STAMP) browser

@@ -20,7 +20,7 @@ def main() -> None:
     from diffusers import DiffusionPipeline
 
     from schemas.config import TrainConfig
-    from training.data import decode_batch, pair_files
+    from training.data import decode_batch, pair_files, tensor_column
     from training.train import PreferenceTrainer, train
     from workers.runtime import setup_worker
     from workers.tiny_models import resolve_model_ref
@@ -41,9 +41,9 @@ def main() -> None:
 
     # plain loop: decode every pair up front (what a single process would do), then step
     files = [f for fs in pair_files(cfg.data).values() for f in fs]
-    table = pq.read_table(files, columns=["pair_id", "category", "prompt", "image_w", "image_l", "agreement",
-                                          "confidence"])
-    data = decode_batch(table, args.resolution)
+    decoded = decode_batch(pq.read_table(files, columns=["pair_id", "prompt", "image_w", "image_l"]), args.resolution)
+    data = {"prompt": np.array(decoded.column("prompt").to_pylist(), dtype=object),
+            "pixels_w": tensor_column(decoded, "pixels_w"), "pixels_l": tensor_column(decoded, "pixels_l")}
     trainer = PreferenceTrainer(DiffusionPipeline.from_pretrained(resolve_model_ref(args.model)), cfg)
     rng = torch.Generator().manual_seed(0)
     n = len(data["prompt"])

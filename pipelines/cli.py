@@ -82,18 +82,55 @@ def train(config: Path = typer.Argument(..., help="training config (YAML)"),
           set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Diffusion-DPO / Poly-DPO with Ray Train on pair shards; resumes from the latest checkpoint."""
     from schemas.config import ConfigError, load_train_config, parse_overrides
+    from training.data import TrainDataError
+    from training.train import TrainingHalted
     from training.train import train as train_job
 
     _setup_logging()
     try:
         cfg = load_train_config(config, parse_overrides(set_))
-    except (ConfigError, FileNotFoundError) as e:
+        result = train_job(cfg)
+    except (ConfigError, FileNotFoundError, TrainDataError) as e:
         _fail(str(e))
-    result = train_job(cfg)
+    except TrainingHalted as e:
+        _fail(str(e), code=1)
     m = result.metrics or {}
     typer.echo(f"trained to step {m.get('step')}: loss {m.get('loss', float('nan')):.4f}, "
                f"implicit acc {m.get('implicit_acc', float('nan')):.2f}")
     typer.echo(f"checkpoint: {Path(cfg.output).resolve() / cfg.name / 'final'}")
+
+
+@app.command()
+def release(paths: list[Path] = typer.Argument(..., help="OUT [OUT ...] DEST: run output directories, then the release"),
+            config: Path = typer.Option(..., "--config", help="release config (YAML; see configs/release_demo.yaml)"),
+            set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+            overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing, non-empty DEST"),
+            push: str | None = typer.Option(None, "--push", help="then upload DEST to this Hub dataset repo (ORG/NAME)")) -> None:
+    """Turn run outputs into a Hub-ready dataset: splits, selection, decontamination, card, Croissant, checksums."""
+    from pipelines.release import ReleaseError
+    from pipelines.release import release as release_job
+    from schemas.config import ConfigError, parse_overrides
+    from schemas.release import load_release_config
+
+    _setup_logging()
+    if len(paths) < 2:
+        _fail("release: give at least one run output directory and then DEST")
+    *outs, dest = paths
+    try:
+        cfg = load_release_config(config, parse_overrides(set_))
+        report = release_job(outs, dest, cfg, overwrite=overwrite, config_path=str(config))
+    except (ConfigError, ReleaseError) as e:
+        _fail(str(e))
+    for cat, v in report["categories"].items():
+        typer.echo(f"{cat:<15} released {v['released_pairs']:>7}  {v['released']}  dropped {v['dropped']}")
+    t = report["totals"]
+    typer.echo(f"released {t['released_pairs']} of {t['decided']} decided pairs; decontamination removed "
+               f"{t['decontaminated_prompts']} prompts ({t['decontaminated_pairs']} pairs)")
+    typer.echo(f"release: {dest.resolve()}")
+    if push:
+        from pipelines.release import push as push_release
+
+        typer.echo(f"pushed: {push_release(dest, push)}")
 
 
 def _output_dir(output: Path) -> None:

@@ -395,13 +395,23 @@ class TrainData(Strict):
     paths: list[str] = Field(min_length=1, description="output directories of `pairforge run` (their pairs/)")
     categories: dict[str, float] | None = Field(
         None, description="categories to train on with their mixture weights (default: all, as stored)")
-    min_agreement: float = Field(0.0, ge=0, le=1)
-    min_confidence: float = Field(0.0, ge=0, le=1)
+    # Each label filter applies to the pairs whose label carries its field; the others pass it.
+    min_agreement: float = Field(0.0, ge=0, le=1, description="share of the judges that chose the winner (panel "
+                                                              "pairs; 1 for OCR and constructed pairs)")
+    min_confidence: float = Field(0.0, ge=0, le=1, description="the winner's probability (panel pairs; 1 for "
+                                                               "constructed pairs; OCR and reward pairs have none)")
+    min_reward_margin: float = Field(0.0, ge=-1, le=1, description="reward-labelled (best-of-N) pairs: the winner's "
+                                                                    "mean calibrated reward minus the loser's")
+    min_ocr_loser_ned: float = Field(0.0, ge=0, le=1, description="OCR-labelled pairs: the winner reads exact and "
+                                                                  "the loser's normalised edit distance is at least this")
     resolution: int = Field(512, ge=16, description="images are resized and center-cropped to this square")
     latent_cache: bool = Field(False, description="VAE-encode the pairs once (a Ray Data stage) and train on the "
                                                  "stored latents, kept beside the shards in OUT/latents/")
     gap_file: str | None = Field(None, description="loss fine: Parquet with pair_id and gap (e.g. the Arena's "
                                                   "expected quality gap) per pair")
+    missing_gap: Literal["error", "drop"] = Field(
+        "error", description="loss fine, a pair that passes the filters but has no (finite) gap in gap_file: "
+                             "error = fail before training with the count and the first ids; drop = train without it")
     shuffle_buffer: int = Field(64, ge=0, description="rows each worker shuffles over (0 = off), after the blocks' "
                                                      "order is shuffled; a row holds both images at `resolution` "
                                                      "(24 * resolution^2 bytes) or their latents")
@@ -436,6 +446,8 @@ class TrainConfig(Strict):
     gradient_checkpointing: bool = False
     mixed_precision: Literal["no", "bf16"] = Field("no", description="bf16 autocast (GPU)")
     max_sequence_length: int = Field(77, ge=8, description="flow-matching models: T5 prompt tokens")
+    guidance_scale: float = Field(3.5, ge=0, description="guidance-distilled FLUX (FLUX.1-dev, guidance_embeds): "
+                                                         "the guidance the transformer is given while training")
     beta: float = Field(500.0, gt=0, description="KL strength (ViPO: 500 for SD1.5/SD3.5/FLUX, 1000 SDXL)")
     learning_rate: float = Field(1e-6, gt=0)
     batch_size: int = Field(4, ge=1, description="pairs per worker per step")

@@ -63,6 +63,16 @@ def flux_pipe(tiny_kit):
     return FluxPipeline.from_pretrained(tiny_kit / "flux")
 
 
+@pytest.fixture(scope="module")
+def flux_dev_pipe(tiny_kit):
+    """Guidance-distilled, as FLUX.1-dev: its transformer embeds the guidance scale."""
+    from diffusers import FluxPipeline
+
+    pipe = FluxPipeline.from_pretrained(tiny_kit / "flux-dev")
+    assert pipe.transformer.config.guidance_embeds
+    return pipe
+
+
 @pytest.fixture
 def fixed_batch():
     g = torch.Generator().manual_seed(0)
@@ -119,6 +129,20 @@ def test_fine_loss_regresses_on_stored_gaps(sd_pipe, fixed_batch):
     assert value.item() == pytest.approx(((2.0 * fixed_batch["gap"]) ** 2).mean().item(), rel=1e-6)  # logit 0 at step 0
 
 
+@pytest.mark.parametrize("gap", [float("nan"), 1e200])  # 1e200 overflows float32: an infinite loss
+def test_a_non_finite_loss_stops_before_the_optimizer_step(sd_pipe, fixed_batch, gap):
+    """On main a NaN gap went into the step and turned every weight into NaN."""
+    from training.train import NonFiniteLoss
+
+    trainer = trainer_for(sd_pipe, loss="fine", data={"paths": ["/tmp"], "gap_file": "/tmp/g.parquet"})
+    before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    batch = {**fixed_batch, "gap": torch.tensor([0.5, gap, 2.0, 0.1])}
+    with pytest.raises(NonFiniteLoss, match="the loss is (nan|inf)"):
+        trainer.step(batch, torch.Generator().manual_seed(0))
+    assert all(torch.equal(before[k], v) for k, v in trainer.policy.state_dict().items())
+    assert not trainer.optimizer.state  # no moment estimates: the optimizer never ran
+
+
 def test_sdxl_unet_trains_with_its_extra_conditioning(tiny_kit, fixed_batch):
     from diffusers import StableDiffusionXLPipeline
 
@@ -129,14 +153,30 @@ def test_sdxl_unet_trains_with_its_extra_conditioning(tiny_kit, fixed_batch):
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-4) and math.isfinite(first["grad_norm"])
 
 
+@pytest.mark.parametrize("pipe", ["flux_pipe", "flux_dev_pipe"])
 @pytest.mark.parametrize("stage", ["sft", "dpo"])
-def test_flow_matching_transformer_trains(flux_pipe, fixed_batch, stage):
-    trainer = trainer_for(flux_pipe, stage=stage, max_sequence_length=32)
+def test_flow_matching_transformer_trains(request, pipe, fixed_batch, stage):
+    trainer = trainer_for(request.getfixturevalue(pipe), stage=stage, max_sequence_length=32)
     first = trainer.step(fixed_batch, torch.Generator().manual_seed(0))
     if stage == "dpo":
         assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
     losses = [trainer.step(fixed_batch, torch.Generator().manual_seed(0))["loss"] for _ in range(4)]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < first["loss"]
+
+
+def test_guidance_distilled_flux_is_given_the_configured_guidance(flux_dev_pipe):
+    """FLUX.1-dev's transformer conditions on the guidance: the prediction depends on `guidance_scale`."""
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([0.3, 0.7])
+
+    def prediction(scale: float) -> torch.Tensor:
+        trainer = trainer_for(flux_dev_pipe, max_sequence_length=32, guidance_scale=scale)
+        cond = trainer.adapter.encode_prompts(["a red cube", "a blue ball"])
+        with torch.no_grad():
+            return trainer.adapter.predict(trainer.model, latents, sigma, cond)
+
+    assert torch.isfinite(prediction(3.5)).all()
+    assert not torch.allclose(prediction(3.5), prediction(1.0))
 
 
 def test_same_noise_and_timestep_for_winner_and_loser(sd_pipe, flux_pipe):

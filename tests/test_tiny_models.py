@@ -19,6 +19,7 @@ def test_kit_has_every_model_family(tiny_kit):
     ("sdxl", {"guidance_scale": 5.0}),
     ("sd3", {"guidance_scale": 5.0, "max_sequence_length": 32}),
     ("flux", {"guidance_scale": 0.0, "max_sequence_length": 32}),
+    ("flux-dev", {"guidance_scale": 3.5, "max_sequence_length": 32}),  # guidance-distilled (FLUX.1-dev)
 ])
 def test_generators_load_with_from_pretrained_and_generate(tiny_kit, name, kwargs):
     from diffusers import DiffusionPipeline

@@ -2,10 +2,12 @@
 
 import csv
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
+from helpers import REPO
 
 from schemas.config import TrainConfig
 from training.data import mixture_fractions
@@ -59,31 +61,39 @@ def test_mixture_fractions_follow_the_weights():
     assert mixture_fractions(rows, None) == {"composition": 1.0, "aesthetics": 1.0}
 
 
-def write_pairs(out, category: str, files: int, rows: int) -> list[str]:
-    """Pair shards of `category` with tiny real PNGs, `files` files of `rows` rows."""
+def tiny_png() -> dict:
     import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(buf, "PNG")
+    return {"bytes": buf.getvalue(), "path": None}
+
+
+def write_shard(out, category: str, index: int, rows: list[dict]) -> list[str]:
+    """One pair shard of `category`: each row a vlm_panel pair with tiny real PNGs unless it says otherwise."""
     from datetime import datetime, timezone
 
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from PIL import Image
 
     from schemas.pair import pair_schema
 
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16), (200, 30, 30)).save(buf, "PNG")
-    img = {"bytes": buf.getvalue(), "path": None}
-    ids = []
-    for f in range(files):
-        table = [{"pair_id": f"{category}-{f}-{r}", "category": category, "prompt": "p", "prompt_id": "q",
-                  "prompt_source": "t", "image_w": img, "image_l": img, "label_source": "vlm_panel", "agreement": 1.0,
-                  "confidence": 1.0, "created_at": datetime.now(timezone.utc), "pipeline_version": "t",
-                  "config_hash": "h"} for r in range(rows)]
-        path = out / "pairs" / category / f"part-r_1-{f:05d}-x-000.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(table, schema=pair_schema()), path)
-        ids += [r["pair_id"] for r in table]
-    return ids
+    img = tiny_png()
+    table = [{"category": category, "prompt": "p", "prompt_id": "q", "prompt_source": "t", "image_w": img,
+              "image_l": img, "label_source": "vlm_panel", "agreement": 1.0, "confidence": 1.0,
+              "created_at": datetime.now(timezone.utc), "pipeline_version": "t", "config_hash": "h", **r} for r in rows]
+    path = out / "pairs" / category / f"part-r_1-{index:05d}-x-000.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(table, schema=pair_schema()), path)
+    return [r["pair_id"] for r in table]
+
+
+def write_pairs(out, category: str, files: int, rows: int) -> list[str]:
+    """Pair shards of `category` with tiny real PNGs, `files` files of `rows` rows."""
+    return [p for f in range(files) for p in write_shard(out, category, f, [{"pair_id": f"{category}-{f}-{r}"}
+                                                                             for r in range(rows)])]
 
 
 def test_training_batches_mix_categories_and_repeat_with_the_seed(ray_session, tmp_path):
@@ -104,9 +114,10 @@ def test_training_batches_mix_categories_and_repeat_with_the_seed(ray_session, t
     assert head == {"composition", "aesthetics"}  # the first half is not one category
 
 
-def test_sft_then_dpo_on_the_flow_matching_model(ray_session, composition_run, tmp_path):
+def test_sft_then_dpo_on_the_guidance_distilled_flux(ray_session, composition_run, tmp_path):
     _, out, _ = composition_run
-    base = dict(model="tiny:flux", output=str(tmp_path), data={"paths": [str(out)], "resolution": 64},
+    # FLUX.1-dev-style (guidance-distilled): crashed on main, which gave its transformer guidance=None
+    base = dict(model="tiny:flux-dev", output=str(tmp_path), data={"paths": [str(out)], "resolution": 64},
                 batch_size=2, max_steps=2, checkpoint_every=2, max_sequence_length=32, learning_rate=1e-4)
     sft = train(TrainConfig(name="sft", stage="sft", **base))
     assert sft.metrics["step"] == 2
@@ -151,3 +162,150 @@ def test_latent_cache_gives_the_same_loss_as_encoding_on_the_fly(ray_session, co
     assert len(caches()) == 1  # built once, beside the shards
     first_batch(True)
     assert len(caches()) == 1  # and reused
+
+
+def reward_row(pair_id: str, margin: float) -> dict:
+    """A best-of-N pair: no agreement or confidence; two reward models whose calibrated margins average `margin`."""
+    rewards = [{"model": m, "score_w": 1.0, "score_l": 0.0, "calibrated_w": 0.5 + margin / 2 + d,
+                "calibrated_l": 0.5 - margin / 2 + d} for m, d in (("clip", 0.1), ("pick", -0.1))]
+    return {"pair_id": pair_id, "label_source": "reward", "agreement": None, "confidence": None, "rewards": rewards}
+
+
+def ocr_row(pair_id: str, loser_ned: float, winner_exact: bool = True) -> dict:
+    """An OCR-decided pair: agreement 1, no confidence, both reads stored."""
+    reads = [{"side": "w", "text": "SALE", "exact": winner_exact, "ned": 0.0},
+             {"side": "l", "text": "SALF", "exact": False, "ned": loser_ned}]
+    return {"pair_id": pair_id, "label_source": "ocr", "agreement": 1.0, "confidence": None, "ocr": reads}
+
+
+LABELLED = [  # (row, passes the filters of test_label_filters_apply_to_the_labels_that_carry_them)
+    ({"pair_id": "panel-sure", "agreement": 1.0, "confidence": 0.9}, True),
+    ({"pair_id": "panel-split", "agreement": 0.5, "confidence": 0.9}, False),        # min_agreement
+    ({"pair_id": "panel-unsure", "agreement": 2 / 3, "confidence": 0.55}, False),    # min_confidence
+    ({"pair_id": "panel-both", "agreement": 0.5, "confidence": 0.55}, False),        # both
+    ({"pair_id": "constructed", "label_source": "construction"}, True),
+    (reward_row("reward-clear", 0.6), True),
+    (reward_row("reward-close", 0.1), False),                                          # min_reward_margin
+    (ocr_row("ocr-clear", 0.5), True),
+    (ocr_row("ocr-one-glyph", 0.05), False),                                           # min_ocr_loser_ned
+    (ocr_row("ocr-winner-misread", 0.5, winner_exact=False), False),                  # the winner must read exact
+]
+
+
+def test_label_filters_apply_to_the_labels_that_carry_them(ray_session, tmp_path, caplog):
+    """A typical cluster config: on main, null confidence (OCR, reward) counted as 0 and dropped every
+    reward- and OCR-labelled pair."""
+    from schemas.config import TrainData
+    from training.data import audit, training_pairs
+
+    write_shard(tmp_path, "text_rendering", 0, [row for row, _ in LABELLED[:5] + LABELLED[7:]])
+    write_shard(tmp_path, "composition", 0, [row for row, _ in LABELLED[5:7]])
+    data = TrainData(paths=[str(tmp_path)], resolution=16, min_agreement=0.6, min_confidence=0.7,
+                     min_reward_margin=0.3, min_ocr_loser_ned=0.1)
+    expected = sorted(row["pair_id"] for row, passes in LABELLED if passes)
+    assert sorted(r["pair_id"] for r in training_pairs(data, "unused").take_all()) == expected
+
+    with caplog.at_level("INFO", logger="pairforge.train"):
+        counts = audit(data).counts
+    assert counts["vlm_panel"] == Counter(pairs=4, kept=1, min_agreement=2, min_confidence=2)  # zero counts ignored
+    assert counts["construction"] == Counter(pairs=1, kept=1)
+    assert counts["reward"] == Counter(pairs=2, kept=1, min_reward_margin=1)
+    assert counts["ocr"] == Counter(pairs=3, kept=1, ocr_exact=2)
+    assert "reward: 2 pairs, 1 pass the filters (dropped by min_reward_margin 1)" in caplog.text
+    assert "vlm_panel: 4 pairs, 1 pass the filters (dropped by min_agreement 2, min_confidence 2)" in caplog.text
+
+
+def write_gaps(path, gaps: dict[str, float]) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"pair_id": list(gaps), "gap": pa.array(list(gaps.values()), pa.float64())}), path)
+    return str(path)
+
+
+def test_missing_gaps_fail_before_training_in_one_line(tmp_path):
+    """On main the fine loss trained on NaN for a pair absent from the gap file."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from training.data import TrainDataError
+
+    ids = write_pairs(tmp_path, "composition", 1, 6)
+    gap_file = write_gaps(tmp_path / "gaps.parquet", {ids[0]: 1.0, ids[1]: 0.5, ids[2]: float("nan")})  # NaN: no gap
+    config = dict(name="t", model="tiny:sd", output=str(tmp_path / "train"), loss="fine",
+                  data={"paths": [str(tmp_path)], "resolution": 32, "gap_file": gap_file})
+    expected = (rf"^4 of the 6 pairs that pass the filters have no gap in data.gap_file {gap_file} "
+                rf"\(first: {ids[2]}, {ids[3]}, {ids[4]}, {ids[5]}\); .*missing_gap: drop")
+    with pytest.raises(TrainDataError, match=expected):
+        train(TrainConfig(**config))
+    assert not (tmp_path / "train" / "t").exists()  # nothing started
+
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "train", str(tmp_path / "train.yaml")],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("4 of the 6 pairs that pass the filters have no gap")
+
+
+def test_drop_missing_gaps_and_stop_on_a_non_finite_loss(ray_session, tmp_path, caplog):
+    """missing_gap: drop trains on the pairs with a gap; a gap that overflows the loss (1e200 squared) stops
+    training at its step with a clear error and no checkpoint after it (main stepped into NaN weights)."""
+    from diffusers import UNet2DConditionModel
+
+    from training.train import TrainingHalted
+
+    ids = write_pairs(tmp_path, "composition", 1, 6)
+    gaps = {ids[0]: 1.0, ids[1]: 0.5, ids[2]: 0.2, ids[3]: 1e200}
+    cfg = TrainConfig(name="t", model="tiny:sd", output=str(tmp_path / "train"), loss="fine", batch_size=2,
+                      max_steps=4, checkpoint_every=1, learning_rate=1e-4,
+                      data={"paths": [str(tmp_path)], "resolution": 32, "shuffle_buffer": 0, "missing_gap": "drop",
+                            "gap_file": write_gaps(tmp_path / "gaps.parquet", gaps)})
+    with caplog.at_level("WARNING", logger="pairforge.train"), pytest.raises(TrainingHalted) as halted:
+        train(cfg)
+    assert "2 of the 6 pairs that pass the filters have no gap" in caplog.text and "dropped" in caplog.text
+    run_dir = tmp_path / "train" / "t"
+    with open(run_dir / "seen" / "rank-0.csv") as f:
+        seen = [row["pair_ids"].split() for row in csv.DictReader(f)]
+    bad_step = len(seen) + 1  # the steps before it were trained and logged
+    assert str(halted.value).startswith(f"training stopped at step {bad_step}: the loss is inf (pairs ")
+    assert ids[3] in str(halted.value) and "\n" not in str(halted.value)
+    assert all(p in gaps for step in seen for p in step) and ids[3] not in {p for step in seen for p in step}
+    assert not (run_dir / "final").exists()
+    checkpoints = list(run_dir.glob("ray/**/unet"))
+    assert len(checkpoints) == bad_step - 1  # one per step before the bad one, each with finite weights
+    for unet in checkpoints:
+        assert all(torch.isfinite(v).all() for v in UNet2DConditionModel.from_pretrained(unet).state_dict().values())
+
+
+def test_resume_trains_on_the_rest_of_the_epoch_in_the_uninterrupted_order(ray_session, tmp_path):
+    """Stopped at step 3 (a checkpoint) and resumed to step 8, a run sees the pairs an uninterrupted run sees,
+    step by step: the rest of epoch 0, then epoch 1. On main a resume restarted the epoch (seeded by the
+    step) and trained on its first batches again."""
+    from schemas.config import TrainData
+    from training.data import ingest_options, pair_batches, training_pairs
+    from training.train import seed_for
+
+    ids = write_pairs(tmp_path / "data", "composition", 3, 4)  # 12 pairs: 6 steps of 2 per epoch
+    data = TrainData(paths=[str(tmp_path / "data")], resolution=32, shuffle_buffer=4)
+    base = dict(name="cut", model="tiny:sd", output=str(tmp_path / "train"), loss="poly", alpha=0.0, batch_size=2,
+                checkpoint_every=3, learning_rate=1e-4, report_every=100, data=data)
+    train(TrainConfig(max_steps=3, **base))
+    seen_csv = tmp_path / "train" / "cut" / "seen" / "rank-0.csv"
+    # As if the stopped run had gone on to step 5 and died before its next checkpoint: those steps' log rows
+    # belong to weights that are gone, and the resumed run drops them.
+    with open(seen_csv, "a") as f:
+        f.write(f"4,0,4,{ids[0]} {ids[1]}\n5,0,5,{ids[2]} {ids[3]}\n")
+    train(TrainConfig(max_steps=8, **base))
+    with open(seen_csv) as f:
+        seen = [(int(r["step"]), int(r["epoch"]), r["pair_ids"].split()) for r in csv.DictReader(f)]
+
+    # What one uninterrupted worker is handed: each epoch's batches in the order of its seed.
+    ds = training_pairs(data, "unused", seed=0)
+    ds.context.execution_options = ingest_options()  # what the trainer's DataConfig sets
+    uninterrupted = [(epoch, list(b["pair_id"])) for epoch in (0, 1)
+                     for b in pair_batches(ds.iterator(), 2, 4, seed_for("order", 0, 0, epoch))]
+    assert sorted(p for e, ps in uninterrupted if e == 0 for p in ps) == sorted(ids)  # every pair once per epoch
+    assert seen == [(step, epoch, ps) for step, (epoch, ps) in enumerate(uninterrupted[:8], start=1)]
+    assert [int(r["step"]) for r in read_metrics(str(tmp_path / "train" / "cut"))] == list(range(1, 9))

@@ -1,14 +1,19 @@
 """Pair shards -> a Ray Dataset of training pairs: decoded, resized, center-cropped pixels in [-1, 1], or
 the pairs' VAE latents from a latent cache that is built once, as a Ray Data stage, beside the shards.
 
-Per-category mixture weights subsample categories so the stream follows the weights; agreement and
-confidence filters drop weakly labelled pairs; an optional gap file adds each pair's target gap.
+Per-category mixture weights subsample categories so the stream follows the weights; label filters drop
+weakly labelled pairs, each filter on the pairs whose label carries its field (`label_fields`); an
+optional gap file adds each pair's target gap. `audit` streams the shards' label columns once before
+training: what each filter drops per label source, and the pairs without a gap.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
 import os
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +25,17 @@ from schemas.config import TrainData
 from schemas.pair import stable_hash
 from workers.publish import owned_temps, publish_atomically, remove
 
-COLUMNS = ["pair_id", "category", "prompt", "image_w", "image_l", "agreement", "confidence"]
+log = logging.getLogger("pairforge.train")
+
+IMAGES = ["image_w", "image_l"]
+LABELS = ["label_source", "agreement", "confidence", "rewards", "ocr"]  # what the label filters read
+COLUMNS = ["pair_id", "category", "prompt", *IMAGES, *LABELS]
+CACHE_FORMAT = 2  # in the latent cache's key: 2 = rows carry the label fields (label_fields)
+FILTERS = ("min_agreement", "min_confidence", "min_reward_margin", "ocr_exact")
+
+
+class TrainDataError(ValueError):
+    """The data cannot be trained on as configured; the message is one line saying what to do."""
 
 
 def pair_files(data: TrainData) -> dict[str, list[str]]:
@@ -56,22 +71,56 @@ def to_pixels(data: bytes, resolution: int) -> np.ndarray:
     return (np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 127.5) - 1.0
 
 
-def decode_batch(batch: pa.Table, resolution: int) -> dict:
-    def pixels(col: str) -> np.ndarray:
-        return np.stack([to_pixels(img["bytes"], resolution) for img in batch.column(col).to_pylist()])
+def decode_batch(batch: pa.Table, resolution: int) -> pa.Table:
+    """The images -> `pixels_w` / `pixels_l` tensors; every other column passes as is (nulls kept)."""
+    from ray.data.extensions import ArrowTensorArray
 
-    return {"pair_id": np.array(batch.column("pair_id").to_pylist(), dtype=object),
-            "category": np.array(batch.column("category").to_pylist(), dtype=object),
-            "prompt": np.array(batch.column("prompt").to_pylist(), dtype=object),
-            "agreement": np.array(batch.column("agreement").to_pylist(), dtype=np.float64),
-            "confidence": np.array(batch.column("confidence").to_pylist(), dtype=np.float64),
-            "pixels_w": pixels("image_w"), "pixels_l": pixels("image_l")}
+    def pixels(col: str) -> ArrowTensorArray:
+        return ArrowTensorArray.from_numpy(np.stack([to_pixels(img["bytes"], resolution)
+                                                     for img in batch.column(col).to_pylist()]))
+
+    return batch.drop_columns(IMAGES).append_column("pixels_w", pixels("image_w")) \
+        .append_column("pixels_l", pixels("image_l"))
+
+
+def label_fields(batch: pa.Table) -> pa.Table:
+    """The nested label columns -> the flat fields the filters compare, null where a label lacks them:
+    `reward_margin`, the winner's mean calibrated reward minus the loser's (CaPO: each image's expected
+    win rate among the N under one reward model; best-of-N picks by their sum), and the OCR reads of
+    winner and loser, `ocr_w_exact` and `ocr_l_ned`."""
+    margins, w_exact, l_ned = [], [], []
+    for rewards, ocr in zip(batch.column("rewards").to_pylist(), batch.column("ocr").to_pylist()):
+        gaps = [r["calibrated_w"] - r["calibrated_l"] for r in rewards or []
+                if r["calibrated_w"] is not None and r["calibrated_l"] is not None]
+        margins.append(sum(gaps) / len(gaps) if gaps else None)
+        reads = {r["side"]: r for r in ocr or []}
+        w_exact.append(reads["w"]["exact"] if "w" in reads else None)
+        l_ned.append(reads["l"]["ned"] if "l" in reads else None)
+    return batch.drop_columns(["rewards", "ocr"]).append_column("reward_margin", pa.array(margins, pa.float64())) \
+        .append_column("ocr_w_exact", pa.array(w_exact, pa.bool_())).append_column("ocr_l_ned", pa.array(l_ned, pa.float64()))
+
+
+def filter_masks(batch: pa.Table, data: TrainData) -> dict[str, pa.ChunkedArray]:
+    """filter -> which rows pass it (of a `label_fields` table). A filter applies to the pairs whose label
+    carries its field and passes the rest: OCR-labelled pairs have no confidence, reward-labelled ones
+    (best-of-N) neither agreement nor confidence, and a judge's confidence says nothing about them.
+    `min_reward_margin` applies to reward-labelled pairs, `ocr_exact` to OCR-labelled ones: the winner
+    reads exact and the loser's normalised edit distance is at least `min_ocr_loser_ned`."""
+    def at_least(column: str, threshold: float) -> pa.ChunkedArray:
+        return pc.fill_null(pc.greater_equal(batch[column], threshold), True)
+
+    def only(source: str, passes: pa.ChunkedArray) -> pa.ChunkedArray:
+        return pc.or_(pc.invert(pc.fill_null(pc.equal(batch["label_source"], source), False)), passes)
+
+    ocr_ok = pc.and_(pc.fill_null(batch["ocr_w_exact"], True), at_least("ocr_l_ned", data.min_ocr_loser_ned))
+    return {"min_agreement": at_least("agreement", data.min_agreement),
+            "min_confidence": at_least("confidence", data.min_confidence),
+            "min_reward_margin": only("reward", at_least("reward_margin", data.min_reward_margin)),
+            "ocr_exact": only("ocr", ocr_ok)}
 
 
 def keep(batch: pa.Table, data: TrainData) -> pa.Table:
-    mask = pc.and_(pc.greater_equal(pc.fill_null(batch["agreement"], 0.0), data.min_agreement),
-                   pc.greater_equal(pc.fill_null(batch["confidence"], 0.0), data.min_confidence))
-    return batch.filter(mask)
+    return batch.filter(functools.reduce(pc.and_, filter_masks(batch, data).values()))
 
 
 def stack_pair(batch: dict, prefix: str):
@@ -94,24 +143,32 @@ class LatentEncoder:
         setup_worker(1)
         self.adapter = adapter_for(DiffusionPipeline.from_pretrained(model_path))
 
-    def __call__(self, batch: dict) -> dict:
-        n = len(batch["pair_id"])
-        pixels = stack_pair(batch, "pixels")
-        del batch["pixels_w"], batch["pixels_l"]
-        latents = self.adapter.encode_images(pixels).float().numpy()
-        batch["latent_w"], batch["latent_l"] = latents[:n], latents[n:]
-        return batch
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import torch
+        from ray.data.extensions import ArrowTensorArray
+
+        pixels = np.concatenate([tensor_column(batch, "pixels_w"), tensor_column(batch, "pixels_l")])
+        latents = self.adapter.encode_images(torch.from_numpy(pixels)).float().numpy()
+        n = batch.num_rows
+        return batch.drop_columns(["pixels_w", "pixels_l"]) \
+            .append_column("latent_w", ArrowTensorArray.from_numpy(latents[:n])) \
+            .append_column("latent_l", ArrowTensorArray.from_numpy(latents[n:]))
+
+
+def tensor_column(batch: pa.Table, name: str) -> np.ndarray:
+    return np.concatenate([chunk.to_numpy() for chunk in batch.column(name).chunks])
 
 
 def latent_cache(root: str, files: list[str], model_path: str, data: TrainData, num_gpus: float) -> Path:
     """`root/latents/<key>/`, built if missing: <key> names the model, the resolution and the exact set of
-    shards, so new shards or another model get their own cache. Built under a temporary name and published
+    shards, so new shards or another model get their own cache. Rows keep their label fields (unfiltered):
+    the filters apply when training reads the cache. Built under a temporary name and published
     in one rename (workers/publish.py), so a half-built cache is never read; builders of one key take turns
     under a file lock, which makes any temporary of that key a killed build's, removed before building."""
     import ray
     from filelock import FileLock
 
-    key = stable_hash("latents", model_path, data.resolution, sorted((os.path.basename(f), os.path.getsize(f))
+    key = stable_hash("latents", CACHE_FORMAT, model_path, data.resolution, sorted((os.path.basename(f), os.path.getsize(f))
                                                                        for f in files))
     final = Path(root) / "latents" / key
     if final.exists():
@@ -123,22 +180,114 @@ def latent_cache(root: str, files: list[str], model_path: str, data: TrainData, 
             return final
         for stale in owned_temps(final.parent, owner):
             remove(stale)
-        ds = ray.data.read_parquet(files, columns=COLUMNS)
+        ds = ray.data.read_parquet(files, columns=COLUMNS).map_batches(label_fields, batch_format="pyarrow")
         ds = ds.map_batches(decode_batch, fn_kwargs=dict(resolution=data.resolution), batch_format="pyarrow")
         ds = ds.map_batches(LatentEncoder, fn_constructor_kwargs=dict(model_path=model_path), batch_size=16,
-                            compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5, num_gpus=num_gpus)
+                            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5,
+                            num_gpus=num_gpus)
         publish_atomically(final, owner, lambda tmp: ds.write_parquet(str(tmp)))
     return final
 
 
-def attach_gaps(batch: pa.Table, gaps: dict[str, float]) -> pa.Table:
-    return batch.append_column("gap", pa.array([gaps.get(p, np.nan) for p in batch.column("pair_id").to_pylist()],
-                                               pa.float64()))
+def load_gaps(data: TrainData) -> dict[str, float] | None:
+    """pair_id -> gap from `data.gap_file`, finite gaps only (a NaN gap is no gap). The whole file, in the
+    driver, and shipped with the lookup stage: 10M gaps are ~1 GB of Python dict (see README, Training)."""
+    if not data.gap_file:
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(data.gap_file, columns=["pair_id", "gap"])
+    except (OSError, pa.ArrowInvalid) as e:
+        raise TrainDataError(f"data.gap_file {data.gap_file}: cannot read pair_id and gap ({e}); "
+                             "write it with `pairforge stats OUT` (OUT/arena/gaps.parquet)") from None
+    table = table.filter(pc.fill_null(pc.is_finite(table["gap"]), False))
+    return dict(zip(table.column("pair_id").to_pylist(), table.column("gap").to_pylist()))
 
 
-def training_pairs(data: TrainData, model_path: str, num_gpus: float = 0.0, seed: int = 0):
+def attach_gaps(batch: pa.Table, gaps: dict[str, float], drop_missing: bool) -> pa.Table:
+    """Adds `gap`; pairs without one are dropped when asked, else NaN (`audit` has made sure there are
+    none, and the trainer stops on a non-finite loss)."""
+    batch = batch.append_column("gap", pa.array([gaps.get(p, np.nan) for p in batch.column("pair_id").to_pylist()],
+                                                pa.float64()))
+    return batch.filter(pc.is_finite(batch["gap"])) if drop_missing else batch
+
+
+class DataAudit:
+    """What the label filters and the gap lookup do to the pairs, per label source, before training."""
+
+    SHOW_IDS = 5
+
+    def __init__(self):
+        self.counts: dict[str, Counter] = defaultdict(Counter)  # source -> pairs, kept, <filter>, no_gap
+        self.missing_ids: list[str] = []
+
+    def add(self, batch: pa.Table, data: TrainData, gaps: dict[str, float] | None) -> None:
+        masks = filter_masks(batch, data)
+        kept = functools.reduce(pc.and_, masks.values())
+        flags = {"kept": kept, **{name: pc.invert(m) for name, m in masks.items()}}
+        if gaps is not None:
+            has_gap = pa.array([p in gaps for p in batch.column("pair_id").to_pylist()], pa.bool_())
+            flags["no_gap"] = pc.and_(kept, pc.invert(has_gap))
+            room = self.SHOW_IDS - len(self.missing_ids)
+            self.missing_ids += batch.filter(flags["no_gap"]).column("pair_id").slice(0, room).to_pylist()
+        table = pa.table({"source": pc.fill_null(batch["label_source"], "none"), **flags})
+        counts = table.group_by("source").aggregate([("source", "count"), *((f, "sum") for f in flags)])
+        for row in counts.to_pylist():
+            c = self.counts[row["source"]]
+            c["pairs"] += row["source_count"]
+            for f in flags:
+                c[f] += row[f"{f}_sum"]
+
+    @property
+    def missing_gaps(self) -> int:
+        return sum(c["no_gap"] for c in self.counts.values())
+
+    @property
+    def kept(self) -> int:
+        return sum(c["kept"] for c in self.counts.values())
+
+    def summary(self) -> str:
+        """One line per label source: its pairs, those the filters keep, and what each filter dropped (a
+        pair failing two filters counts under both)."""
+        lines = []
+        for source, c in sorted(self.counts.items()):
+            dropped = ", ".join(f"{name} {c[name]}" for name in FILTERS if c[name])
+            lines.append(f"{source}: {c['pairs']} pairs, {c['kept']} pass the filters"
+                         + (f" (dropped by {dropped})" if dropped else ""))
+        return "; ".join(lines)
+
+
+def audit(data: TrainData, gaps: dict[str, float] | None = None) -> DataAudit:
+    """Streams the shards' label columns (no images) through the filters and the gap lookup; logs what
+    each filter drops per label source. Pairs without a gap: `missing_gap: error` raises TrainDataError
+    naming how many and the first ids, `drop` logs the count (the pipeline drops them)."""
+    import pyarrow.parquet as pq
+
+    result = DataAudit()
+    for files in pair_files(data).values():
+        for f in files:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=65536, columns=["pair_id", *LABELS]):
+                result.add(label_fields(pa.Table.from_batches([batch])), data, gaps)
+    log.info("training data (before mixture sampling): %s", result.summary())
+    if result.kept == 0:
+        raise TrainDataError(f"no pair passes the data filters ({result.summary()}); lower data.min_agreement, "
+                             "data.min_confidence, data.min_reward_margin or data.min_ocr_loser_ned")
+    if result.missing_gaps:
+        message = (f"{result.missing_gaps} of the {result.kept} pairs that pass the filters have no gap in "
+                   f"data.gap_file {data.gap_file} (first: {', '.join(result.missing_ids)})")
+        if data.missing_gap == "error":
+            raise TrainDataError(f"{message}; re-run `pairforge stats OUT` to write gaps for every decided pair, "
+                                 "or set data.missing_gap: drop to train without them")
+        log.warning("%s: dropped (data.missing_gap: drop)", message)
+    return result
+
+
+def training_pairs(data: TrainData, model_path: str, num_gpus: float = 0.0, seed: int = 0,
+                   gaps: dict[str, float] | None = None):
     """Streaming dataset of training pairs from the shards named by `data`, its blocks in a seeded random
-    order (otherwise a mixture would arrive one category after another)."""
+    order (otherwise a mixture would arrive one category after another). `gaps`: `load_gaps(data)`, when
+    the caller has it already."""
     import pyarrow.parquet as pq
     import ray
     from ray.data.expressions import col
@@ -152,17 +301,16 @@ def training_pairs(data: TrainData, model_path: str, num_gpus: float = 0.0, seed
     parts = []
     for category, fraction in mixture_fractions(rows, data.categories).items():
         part = cached.filter(expr=col("category") == category) if data.latent_cache \
-            else ray.data.read_parquet(files[category], columns=COLUMNS)
+            else ray.data.read_parquet(files[category], columns=COLUMNS).map_batches(label_fields, batch_format="pyarrow")
         parts.append(part if fraction >= 1.0 else part.random_sample(fraction, seed=0))
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     ds = ds.randomize_block_order(seed=seed)
     ds = ds.map_batches(keep, fn_kwargs=dict(data=data), batch_format="pyarrow")
+    if data.gap_file:
+        ds = ds.map_batches(attach_gaps, fn_kwargs=dict(gaps=load_gaps(data) if gaps is None else gaps,
+                                                        drop_missing=data.missing_gap == "drop"), batch_format="pyarrow")
     if not data.latent_cache:
         ds = ds.map_batches(decode_batch, fn_kwargs=dict(resolution=data.resolution), batch_format="pyarrow")
-    if data.gap_file:
-        gaps = pq.read_table(data.gap_file, columns=["pair_id", "gap"]).to_pydict()
-        ds = ds.map_batches(attach_gaps, fn_kwargs=dict(gaps=dict(zip(gaps["pair_id"], gaps["gap"]))),
-                            batch_format="pyarrow")
     return ds
 
 

@@ -81,16 +81,20 @@ class EpsilonUNet:
 
 
 class FlowTransformer:
-    """SD3 / FLUX: x_t = (1 - s) x0 + s noise with s ~ logit-normal, target noise - x0."""
+    """SD3 / FLUX: x_t = (1 - s) x0 + s noise with s ~ logit-normal, target noise - x0.
+
+    Guidance-distilled FLUX (FLUX.1-dev: `transformer.config.guidance_embeds`) takes the guidance scale
+    as an input; it is trained at one fixed `guidance_scale` per sample, as the diffusers FLUX training
+    scripts do (3.5, FLUX.1-dev's sampling default). FLUX.1-schnell and SD3 take none."""
 
     trainable = "transformer"
     lora_targets = ["to_q", "to_k", "to_v", "to_out.0"]
 
-    def __init__(self, pipe, max_sequence_length: int = 77):
+    def __init__(self, pipe, max_sequence_length: int = 77, guidance_scale: float = 3.5):
         from diffusers import FluxPipeline
 
         self.pipe, self.flux = pipe, isinstance(pipe, FluxPipeline)
-        self.max_sequence_length = max_sequence_length
+        self.max_sequence_length, self.guidance_scale = max_sequence_length, guidance_scale
         freeze_encoders(pipe)
 
     @property
@@ -129,7 +133,10 @@ class FlowTransformer:
         b, c, h, w = noisy.shape
         packed = p._pack_latents(noisy, b, c, h, w)
         img_ids = p._prepare_latent_image_ids(b, h // 2, w // 2, noisy.device, noisy.dtype)
-        out = model(hidden_states=packed, timestep=sigma, img_ids=img_ids, guidance=None, **cond).sample
+        guidance = None
+        if p.transformer.config.guidance_embeds:  # the transformer embeds it (and scales it by 1000, like t)
+            guidance = torch.full((b,), self.guidance_scale, device=noisy.device, dtype=torch.float32)
+        out = model(hidden_states=packed, timestep=sigma, img_ids=img_ids, guidance=guidance, **cond).sample
         return p._unpack_latents(out, h * p.vae_scale_factor, w * p.vae_scale_factor, p.vae_scale_factor)
 
 

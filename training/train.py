@@ -4,8 +4,9 @@ A `TorchTrainer` runs `train_loop` on N workers (gloo on CPU, NCCL on GPU); each
 the pairs (`ray.train.get_dataset_shard`). Stage `sft` fits the denoising loss on winners; stage `dpo`
 starts the policy and the frozen reference from `model` (or `init_checkpoint`, e.g. the SFT result).
 Every `checkpoint_every` steps rank 0 saves the policy (`save_pretrained`, or the LoRA weights) with
-the optimizer state, and a re-run of the same name resumes from the latest checkpoint. Metrics (loss,
-implicit accuracy, reward margin, grad norm) go to Ray and to `OUTPUT/NAME/metrics.csv`.
+the optimizer state and the data position, and a re-run of the same name resumes from the latest
+checkpoint where its data left off. Metrics (loss, implicit accuracy, reward margin, grad norm) go to Ray
+and to `OUTPUT/NAME/metrics.csv`; each worker's pairs per step to `OUTPUT/NAME/seen/rank-R.csv`.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from pathlib import Path
 import torch
 
 from schemas.config import TrainConfig
+from schemas.pair import stable_hash
 from training.data import pair_batches, stack_pair
 from training.dpo import dpo_logits, pair_metrics, per_sample_mse, preference_loss
 from training.models import adapter_for, repeat_cond
+from workers.publish import publish_atomically
 from workers.runtime import WORKER_ENV, setup_worker
 
 log = logging.getLogger("pairforge.train")
@@ -33,6 +36,15 @@ log = logging.getLogger("pairforge.train")
 STATE_FILE = "trainer_state.pt"
 LORA_FILE = "lora.safetensors"
 METRICS = ["step", "loss", "implicit_acc", "reward_margin", "grad_norm", "lr", "step_s"]
+SEEN = ["step", "epoch", "batch", "pair_ids"]  # OUTPUT/NAME/seen/rank-R.csv: the pairs of each step (batch: in the epoch)
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A step's loss or gradient is NaN or infinite; raised before the optimizer applies it."""
+
+
+class TrainingHalted(RuntimeError):
+    """Training stopped for a reason the message states in one line (e.g. a non-finite loss at step N)."""
 
 
 class PreferenceTrainer:
@@ -43,6 +55,7 @@ class PreferenceTrainer:
         self.adapter = adapter_for(pipe)
         if hasattr(self.adapter, "max_sequence_length"):
             self.adapter.max_sequence_length = cfg.max_sequence_length
+            self.adapter.guidance_scale = cfg.guidance_scale
         pipe.to(device)
         self.policy = self.adapter.model
         if cfg.init_checkpoint:
@@ -113,16 +126,22 @@ class PreferenceTrainer:
         return loss, pair_metrics(logits.detach())
 
     def step(self, batch: dict, rng: torch.Generator) -> dict:
+        """One optimizer step. A NaN or infinite loss or gradient raises NonFiniteLoss before the optimizer
+        runs: one such step would turn every weight into NaN."""
         loss, metrics = self.loss(batch, rng)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"the loss is {loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm=1.0)
+        if not torch.isfinite(grad_norm):
+            raise NonFiniteLoss(f"the gradient norm is {grad_norm.item()} (loss {loss.item():.6g})")
         self.optimizer.step()
         return {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": self.optimizer.param_groups[0]["lr"], **metrics}
 
-    def save(self, directory: str, step: int) -> None:
-        """The trainable weights (`save_pretrained`, or LoRA weights as a safetensors state dict) and the
-        optimizer state."""
+    def save(self, directory: str, step: int, position: dict | None = None) -> None:
+        """The trainable weights (`save_pretrained`, or LoRA weights as a safetensors state dict), the
+        optimizer state and the data position (`train_loop`)."""
         if self.cfg.lora_rank:
             from peft.utils import get_peft_model_state_dict
             from safetensors.torch import save_file
@@ -131,9 +150,12 @@ class PreferenceTrainer:
             save_file(get_peft_model_state_dict(self.policy), os.path.join(directory, self.adapter.trainable, LORA_FILE))
         else:
             self.policy.save_pretrained(os.path.join(directory, self.adapter.trainable))
-        torch.save({"optimizer": self.optimizer.state_dict(), "step": step}, os.path.join(directory, STATE_FILE))
+        torch.save({"optimizer": self.optimizer.state_dict(), "step": step, "data": position},
+                   os.path.join(directory, STATE_FILE))
 
-    def restore(self, directory: str) -> int:
+    def restore(self, directory: str) -> tuple[int, dict]:
+        """The saved weights and optimizer state; returns (step, data position). A checkpoint from before
+        positions were saved resumes at the start of epoch 0 (what such runs did)."""
         if self.cfg.lora_rank:
             from peft.utils import set_peft_model_state_dict
             from safetensors.torch import load_file
@@ -143,7 +165,7 @@ class PreferenceTrainer:
             load_trainable(self.policy, directory, self.adapter.trainable)
         state = torch.load(os.path.join(directory, STATE_FILE), map_location=self.device, weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
-        return state["step"]
+        return state["step"], state.get("data") or {"epoch": 0, "pairs": 0, "seed": self.cfg.seed}
 
 
 def load_trainable(model: torch.nn.Module, checkpoint_dir: str, subfolder: str) -> None:
@@ -152,7 +174,16 @@ def load_trainable(model: torch.nn.Module, checkpoint_dir: str, subfolder: str) 
     model.load_state_dict(loaded.state_dict())
 
 
+def seed_for(*parts) -> int:
+    """A 60-bit seed from the run seed and a position (rank, epoch or step): the same on every machine."""
+    return int(stable_hash(*parts, length=15), 16)
+
+
 def train_loop(config: dict) -> None:
+    """One worker. The data position (epoch, pairs consumed in it, the seed of its order) is saved with
+    every checkpoint; a resumed worker replays its epoch's order and skips the batches already trained on,
+    so it sees the rest of the epoch in the order an uninterrupted run would. Each step's noise comes from
+    (seed, rank, step): a resumed step draws what it would have drawn."""
     import ray.train
     from diffusers import DiffusionPipeline
 
@@ -163,32 +194,48 @@ def train_loop(config: dict) -> None:
     device = "cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu"
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank
     trainer = PreferenceTrainer(DiffusionPipeline.from_pretrained(config["model_path"]), cfg, device)
-    step = 0
+    step, position = 0, {"epoch": 0, "pairs": 0, "seed": cfg.seed}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            step = trainer.restore(d)
+            step, position = trainer.restore(d)
+        check_position(position, cfg, rank)
+    seen_csv = Path(config["run_dir"]) / "seen" / f"rank-{rank}.csv"
+    for log_file in (seen_csv, Path(config["run_dir"]) / "metrics.csv") if rank == 0 else (seen_csv,):
+        truncate_log(log_file, step)  # steps after the checkpoint were trained on by weights that are gone
     if ctx.get_world_size() > 1:
         trainer.model = ray.train.torch.prepare_model(trainer.policy, move_to_device=False)
-    rng = torch.Generator().manual_seed(cfg.seed * 1000 + rank + step)
     shard = ray.train.get_dataset_shard("train")
 
     while step < cfg.max_steps:
+        epoch, skip = position["epoch"], position["pairs"] // cfg.batch_size
         batches = 0
         tick = time.perf_counter()
-        for batch in pair_batches(shard, cfg.batch_size, cfg.data.shuffle_buffer, seed=cfg.seed * 1000 + rank + step):
+        for batch in pair_batches(shard, cfg.batch_size, cfg.data.shuffle_buffer, seed=seed_for("order", cfg.seed, rank, epoch)):
             batches += 1
-            metrics = {"step": step + 1, **trainer.step(batch, rng)}
+            if batches <= skip:  # trained on before the checkpoint this run resumed from
+                continue
+            noise = torch.Generator().manual_seed(seed_for("noise", cfg.seed, rank, step))
+            try:
+                metrics = {"step": step + 1, **trainer.step(batch, noise)}
+            except NonFiniteLoss as e:
+                raise TrainingHalted(
+                    f"training stopped at step {step + 1}: {e} (pairs {', '.join(map(str, batch['pair_id'][:4]))}); "
+                    "the step was not applied and no checkpoint holds it; check the batch's gaps and images, or "
+                    "lower learning_rate or beta") from None
             metrics["step_s"], tick = time.perf_counter() - tick, time.perf_counter()  # data wait + step
             step += 1
+            position = {"epoch": epoch, "pairs": batches * cfg.batch_size, "seed": cfg.seed}
+            append_row(seen_csv, SEEN, {"step": step, "epoch": epoch, "batch": batches,
+                                        "pair_ids": " ".join(map(str, batch["pair_id"]))})
             if rank == 0:
-                append_metrics(Path(config["metrics_csv"]), metrics)
+                append_row(Path(config["run_dir"]) / "metrics.csv", METRICS, metrics)
             save = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
             if save or step % cfg.report_every == 0:  # a report is a round trip to the controller: not every step
                 with tempfile.TemporaryDirectory() as d:
                     ckpt = None
                     if save and rank == 0:
-                        trainer.save(d, step)
+                        trainer.save(d, step, position)
                         ckpt = ray.train.Checkpoint.from_directory(d)
                     ray.train.report(metrics, checkpoint=ckpt)
             if step >= cfg.max_steps:
@@ -196,46 +243,88 @@ def train_loop(config: dict) -> None:
         if batches == 0:
             raise ValueError(f"no training batch: fewer than batch_size={cfg.batch_size} pairs per worker "
                              "passed the data filters")
+        if step < cfg.max_steps:
+            position = {"epoch": epoch + 1, "pairs": 0, "seed": cfg.seed}
 
 
-def append_metrics(path: Path, metrics: dict) -> None:
+def check_position(position: dict, cfg: TrainConfig, rank: int) -> None:
+    """Warn where a resumed run cannot continue the checkpoint's data order exactly."""
+    if rank != 0:
+        return
+    if position["seed"] != cfg.seed:
+        log.warning("resuming a run with seed %s under seed %s: epoch %s is shuffled anew, and its first %s pairs "
+                    "of the new order are skipped", position["seed"], cfg.seed, position["epoch"], position["pairs"])
+    if position["pairs"] % cfg.batch_size:
+        log.warning("batch_size changed to %s: epoch %s resumes after %s pairs, not %s", cfg.batch_size,
+                    position["epoch"], position["pairs"] // cfg.batch_size * cfg.batch_size, position["pairs"])
+
+
+def append_row(path: Path, fields: list[str], row: dict) -> None:
     new = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRICS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:
             w.writeheader()
-        w.writerow(metrics)
+        w.writerow(row)
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop a per-step CSV's rows after `step`, atomically (workers/publish.py)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    kept = [r for r in rows if int(r["step"]) <= step]
+    if len(kept) < len(rows):
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(kept)
+
+        publish_atomically(path, "trainlog", write, replace=True)
 
 
 def train(cfg: TrainConfig):
     """Fit (or resume) the run `cfg.name` under `cfg.output`; returns the Ray Train `Result`. The final
-    weights are also copied to `OUTPUT/NAME/final/<unet|transformer>`."""
+    weights are also copied to `OUTPUT/NAME/final/<unet|transformer>`. Raises TrainDataError before
+    starting Ray when the data cannot be trained on, TrainingHalted when a step's loss is not finite."""
+    import ray.train
     from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipelines.run import init_ray
-    from training.data import ingest_options, pair_files, training_pairs
+    from training.data import audit, ingest_options, load_gaps, training_pairs
     from workers.tiny_models import resolve_model_ref
 
     for k, v in {**WORKER_ENV, **cfg.ray.env_vars}.items():
         os.environ.setdefault(k, v)
     model_path = resolve_model_ref(cfg.model)
-    pair_files(cfg.data)  # fail before starting Ray when there is nothing to train on
+    gaps = load_gaps(cfg.data)
+    audit(cfg.data, gaps)  # fail before starting Ray when there is nothing to train on, or a gap is missing
     init_ray(cfg.ray)
     run_dir = Path(cfg.output).resolve() / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "model_path": model_path,
-                           "metrics_csv": str(run_dir / "metrics.csv")},
+                           "run_dir": str(run_dir)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=cfg.resources_per_worker),
         run_config=RunConfig(name="ray", storage_path=str(run_dir),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets={"train": training_pairs(cfg.data, model_path, num_gpus=1.0 if cfg.use_gpu else 0.0, seed=cfg.seed)},
+        datasets={"train": training_pairs(cfg.data, model_path, num_gpus=1.0 if cfg.use_gpu else 0.0, seed=cfg.seed,
+                                          gaps=gaps)},
         dataset_config=DataConfig(execution_options=ingest_options()),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        halted = [f for f in getattr(e, "worker_failures", {}).values() if isinstance(f, TrainingHalted)]
+        if halted:
+            raise TrainingHalted(str(halted[0])) from None
+        raise
     if result.checkpoint:
         final = run_dir / "final"
         with result.checkpoint.as_directory() as d:

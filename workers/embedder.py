@@ -22,6 +22,6 @@ class PromptEmbedder:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         vectors = self.model.encode(batch.column("prompt").to_pylist(), normalize_embeddings=True,
-                                    convert_to_numpy=True, batch_size=64).astype(np.float32)
+                                    convert_to_numpy=True, batch_size=64, show_progress_bar=False).astype(np.float32)
         dim = vectors.shape[1]
         return with_columns(batch, embedding=pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim))

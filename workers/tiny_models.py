@@ -27,6 +27,7 @@ TINY_MODELS = {
     "sdxl": "generator",
     "sd3": "generator",
     "flux": "generator",
+    "flux-dev": "generator",
     "qwen2-vl-a": "judge",
     "qwen2.5-vl-b": "judge",
     "qwen2-vl-c": "judge",
@@ -64,16 +65,20 @@ def resolve_model_ref(ref: str, cache_dir: str | os.PathLike | None = None) -> s
 
 
 def ensure_tiny_models(root: Path) -> Path:
-    """Build the whole kit into `root` once; concurrent callers wait on a file lock."""
+    """Build the whole kit into `root` once; concurrent callers wait on a file lock. A kit built before
+    a model was added gets just the missing models (each is published whole, so presence means built)."""
     from filelock import FileLock
 
     root = Path(root)
-    marker = root / "kit.json"
-    if marker.exists():
+
+    def complete() -> bool:
+        return (root / "kit.json").exists() and all((root / name).is_dir() for name in TINY_MODELS)
+
+    if complete():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root) + ".lock"):
-        if not marker.exists():
+        if not complete():
             build_tiny_models(root)
     return root
 
@@ -87,6 +92,7 @@ def build_tiny_models(out: str | os.PathLike) -> Path:
         "sdxl": lambda d: build_sdxl(d, seed=3),
         "sd3": lambda d: build_sd3(d, seed=1),
         "flux": lambda d: build_flux(d, seed=2),
+        "flux-dev": lambda d: build_flux(d, seed=7, guidance_embeds=True),
         "qwen2-vl-a": lambda d: build_qwen_vl(d, family="qwen2-vl", seed=0),
         "qwen2.5-vl-b": lambda d: build_qwen_vl(d, family="qwen2.5-vl", seed=1),
         "qwen2-vl-c": lambda d: build_qwen_vl(d, family="qwen2-vl", seed=2, hidden_layers=3),
@@ -236,8 +242,10 @@ def build_sd3(out: Path, seed: int = 1) -> None:
         text_encoder_3=_tiny_t5(tok3, d_model=64), tokenizer_3=tok3).save_pretrained(out)
 
 
-def build_flux(out: Path, seed: int = 2) -> None:
-    """FLUX-style: double- and single-stream flow-matching transformer, CLIP + T5 encoders."""
+def build_flux(out: Path, seed: int = 2, guidance_embeds: bool = False) -> None:
+    """FLUX-style: double- and single-stream flow-matching transformer, CLIP + T5 encoders. With
+    `guidance_embeds`, FLUX.1-dev-style: guidance-distilled, the transformer takes the guidance scale as an
+    input (embedded beside the timestep) instead of running classifier-free guidance."""
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
@@ -245,7 +253,7 @@ def build_flux(out: Path, seed: int = 2) -> None:
     tok, tok2 = tiny_clip_tokenizer(), tiny_t5_tokenizer()
     tr = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
                                 attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                                pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
+                                pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=guidance_embeds)
     FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_tiny_vae(flow=True),
                  text_encoder=_tiny_clip_text(tok), tokenizer=tok, text_encoder_2=_tiny_t5(tok2), tokenizer_2=tok2,
                  transformer=tr).save_pretrained(out)

@@ -1,0 +1,569 @@
+"""`pairforge release OUT [OUT ...] DEST --config release.yaml`: run outputs -> a Hub-ready dataset.
+
+DEST mirrors a Hub dataset repo that `datasets.load_dataset(DEST, name, split=...)` reads with no loading
+script:
+
+    README.md                                   dataset card (YAML: configs per category + `all`, features, splits)
+    data/<category>/<split>-NNNNN-of-NNNNN.parquet   the pairs, images as {bytes, path} structs (datasets' Image)
+    no_images/<category>/<split>-...parquet     the same rows without pixels (generator + seed reproduce them)
+    release_report.json                         what was read, dropped (and why) and released
+    decontamination.json                        every removed prompt with the eval prompt it matched and how
+    croissant.json                              Croissant metadata with its responsible-AI fields
+    sources/<k>-<name>/manifest.json, stats.json    each run output's manifest and stats
+    SHA256SUMS                                  every other file (`sha256sum -c SHA256SUMS`)
+
+Two streaming passes over the decided pairs (pyarrow, one batch at a time; no process holds the rows):
+1. metadata only (no pixel columns): thresholds, decontamination of each batch's distinct prompts, the seeded
+   sample, the per-category caps (a bounded heap of the smallest sample hashes) and the pair of each test
+   prompt kept for `test_unique`;
+2. per category, every column: the same decisions, rows appended to per-split shard writers that roll over
+   at the target size. Shards are written under temporary names and renamed to `-NNNNN-of-NNNNN` once their
+   count is known, all inside a staging directory that is published as DEST in one rename.
+
+Splits: a prompt's split is a hash of its normalised text (so the same prompt, however it is cased or
+punctuated, never lands in two splits, and a release of grown outputs keeps every earlier pair's split).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import re
+import shutil
+import time
+import unicodedata
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.store import sha256_file, shard_files
+from schemas.pair import PIPELINE_VERSION, pair_schema, stable_hash
+from schemas.release import EvalSet, ReleaseConfig
+from workers.publish import TMP_PREFIX, owned_temps, publish_atomically, remove, temp_path
+
+OWNER = "release"
+SPLITS = ("train", "validation", "test")
+IMAGE_COLUMNS = ("image_w", "image_l")
+# Pass 1 reads these only: everything a decision needs, no pixels.
+DECISION_COLUMNS = ["pair_id", "category", "prompt", "prompt_l", "label_source", "confidence", "agreement"]
+_PUNCT = re.compile(r"[\W_]+", re.UNICODE)
+
+
+class ReleaseError(ValueError):
+    """Bad input (an output directory, an eval file, DEST): the message is one line naming it."""
+
+
+# ---------------------------------------------------------------- prompts, hashes, splits
+
+def normalize_prompt(text: str) -> str:
+    """The form prompts are compared and split in: NFKC, case-folded, punctuation and whitespace runs -> one
+    space. "A Cat, sitting!" and "a cat sitting" are one prompt."""
+    return " ".join(_PUNCT.sub(" ", unicodedata.normalize("NFKC", text).casefold()).split())
+
+
+def unit_hash(*parts: object) -> float:
+    """A stable uniform number in [0, 1) from `parts` (the same on every machine and every release)."""
+    return int(stable_hash(*parts, length=15), 16) / 16**15
+
+
+def split_of(prompt: str, splits) -> str:
+    u = unit_hash("split", splits.salt, normalize_prompt(prompt))
+    if u < splits.train:
+        return "train"
+    return "validation" if u < splits.train + splits.validation else "test"
+
+
+def sample_hash(seed: int, pair_id: str) -> float:
+    return unit_hash("sample", seed, pair_id)
+
+
+# ---------------------------------------------------------------- eval sets and decontamination
+
+def read_eval_prompts(es: EvalSet) -> list[str]:
+    path = Path(es.path)
+    fmt = es.format if es.format != "auto" else {".txt": "text", ".jsonl": "jsonl", ".parquet": "parquet"}.get(path.suffix)
+    if not path.is_file():
+        raise ReleaseError(f"{path}: eval prompt file not found (decontamination.eval_sets)")
+    if fmt is None:
+        raise ReleaseError(f"{path}: unknown eval file type; use .txt, .jsonl or .parquet, or set `format`")
+    if fmt == "text":
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if fmt == "parquet":
+        try:
+            return [t for t in pq.read_table(path, columns=[es.text_field])[es.text_field].to_pylist() if t]
+        except (KeyError, pa.ArrowInvalid) as e:
+            raise ReleaseError(f"{path}: cannot read column {es.text_field!r} ({str(e).splitlines()[0]})") from None
+    prompts = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)[es.text_field]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ReleaseError(f"{path}:{n}: expected a JSON object with a {es.text_field!r} string") from None
+        if value:
+            prompts.append(str(value))
+    return prompts
+
+
+def shingles(norm: str, n: int) -> set[str]:
+    return {norm[i:i + n] for i in range(max(1, len(norm) - n + 1))}
+
+
+class Decontaminator:
+    """Matches prompts against the eval prompts: normalised exact, then MinHash LSH candidates confirmed by
+    their exact shingle Jaccard, then embedding cosine. Eval sets are small and held in memory."""
+
+    def __init__(self, cfg, evals: list[tuple[str, str]]):
+        self.cfg, self.evals = cfg, evals          # (eval set name, eval prompt)
+        norms = [normalize_prompt(t) for _, t in evals]
+        self.exact = {n: i for i, n in enumerate(norms)} if cfg.exact else {}
+        self.lsh = None
+        if cfg.minhash_threshold is not None and evals:
+            from datasketch import MinHashLSH
+
+            self.eval_shingles = [shingles(n, cfg.ngram) for n in norms]
+            self.lsh = MinHashLSH(threshold=cfg.minhash_threshold, num_perm=cfg.num_perm)
+            for i, m in enumerate(self._minhashes(self.eval_shingles)):
+                self.lsh.insert(str(i), m)
+        self.embedder = self.eval_vectors = None
+        if cfg.embedding_threshold is not None and evals:
+            from workers.embedder import PromptEmbedder
+            from workers.tiny_models import resolve_model_ref
+
+            self.embedder = PromptEmbedder(resolve_model_ref(cfg.embedder))
+            self.eval_vectors = self._embed([t for _, t in evals])
+
+    def _minhashes(self, shingle_sets: list[set[str]]) -> list:
+        """One MinHash per set; `bulk` shares the permutations (initialising them is most of a MinHash's cost)."""
+        from datasketch import MinHash
+
+        return MinHash.bulk([[s.encode() for s in sh] for sh in shingle_sets], num_perm=self.cfg.num_perm, seed=1)
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        emb = self.embedder(pa.table({"prompt": texts}))["embedding"].combine_chunks()
+        return np.asarray(emb.flatten(), np.float32).reshape(len(texts), -1)
+
+    def match(self, texts: list[str]) -> list[dict | None]:
+        """For each text, its first match {method, eval_set, eval_prompt, score}, or None."""
+        found: list[dict | None] = [None] * len(texts)
+
+        def hit(k, i, method, score):
+            found[k] = {"method": method, "eval_set": self.evals[i][0], "eval_prompt": self.evals[i][1],
+                        "score": round(float(score), 4)}
+
+        norms = [normalize_prompt(t) for t in texts]
+        for k, norm in enumerate(norms):
+            if norm in self.exact:
+                hit(k, self.exact[norm], "exact", 1.0)
+        if self.lsh is not None:
+            rest = [k for k in range(len(texts)) if found[k] is None]
+            sets = [shingles(norms[k], self.cfg.ngram) for k in rest]
+            for k, sh, m in zip(rest, sets, self._minhashes(sets)):
+                scored = [(len(sh & self.eval_shingles[i]) / len(sh | self.eval_shingles[i]), i)
+                          for i in map(int, self.lsh.query(m))]
+                best = max(scored, default=None)
+                if best and best[0] >= self.cfg.minhash_threshold:
+                    hit(k, best[1], "minhash", best[0])
+        rest = [k for k in range(len(texts)) if found[k] is None]
+        if self.embedder is not None and rest:
+            sims = self._embed([texts[k] for k in rest]) @ self.eval_vectors.T
+            for k, row in zip(rest, sims):
+                i = int(row.argmax())
+                if row[i] >= self.cfg.embedding_threshold:
+                    hit(k, i, "embedding", row[i])
+        return found
+
+
+# ---------------------------------------------------------------- inputs
+
+def check_outputs(outs: list[Path]) -> None:
+    seen = set()
+    for out in outs:
+        if not (out / "pairs").is_dir():
+            raise ReleaseError(f"{out}: not a pairforge output directory (no pairs/ inside)")
+        if out.resolve() in seen:
+            raise ReleaseError(f"{out}: given twice (each run output may be released once)")
+        seen.add(out.resolve())
+
+
+def input_files(outs: list[Path], categories: list[str] | None) -> dict[str, list[Path]]:
+    files: dict[str, list[Path]] = defaultdict(list)
+    for out in outs:
+        for f in shard_files(out, "pairs"):
+            if categories is None or f.parent.name in categories:
+                files[f.parent.name].append(f)
+    return dict(sorted(files.items()))
+
+
+def row_counts(outs: list[Path], kind: str) -> Counter:
+    """Rows per category of a kind (from the Parquet footers): what the release leaves out by construction."""
+    counts: Counter = Counter()
+    for out in outs:
+        for f in shard_files(out, kind):
+            counts[f.parent.name] += pq.ParquetFile(f).metadata.num_rows
+    return counts
+
+
+def read_batches(files: list[Path], columns: list[str] | None, batch_rows: int):
+    """One record batch at a time; columns an older shard lacks come back as nulls (the release's schema is
+    the current pair schema)."""
+    schema = pair_schema()
+    names = columns or schema.names
+    for f in files:
+        shard = pq.ParquetFile(f)
+        present = [c for c in names if c in shard.schema_arrow.names]
+        for batch in shard.iter_batches(columns=present, batch_size=batch_rows):
+            table = pa.Table.from_batches([batch])
+            for c in names:
+                if c not in table.column_names:
+                    table = table.append_column(schema.field(c), pa.nulls(table.num_rows, schema.field(c).type))
+            yield table.select(names)
+
+
+# ---------------------------------------------------------------- selection
+
+def quality_reasons(table: pa.Table, cfg: ReleaseConfig) -> list[str | None]:
+    """Why each row fails the thresholds (None = it passes). A threshold applies only to rows that store the
+    field (OCR and reward labels store no confidence)."""
+    sel = cfg.selection
+    sources = table["label_source"].to_pylist()
+    conf, agree = table["confidence"].to_pylist(), table["agreement"].to_pylist()
+    reasons = []
+    for s, c, a in zip(sources, conf, agree):
+        if c is not None and s in sel.min_confidence and c < sel.min_confidence[s]:
+            reasons.append(f"below_min_confidence:{s}")
+        elif a is not None and s in sel.min_agreement and a < sel.min_agreement[s]:
+            reasons.append(f"below_min_agreement:{s}")
+        else:
+            reasons.append(None)
+    return reasons
+
+
+def texts_of(row_prompt: str, row_prompt_l: str | None) -> list[str]:
+    return [row_prompt] + ([row_prompt_l] if row_prompt_l and row_prompt_l != row_prompt else [])
+
+
+@dataclass
+class Plan:
+    """What pass 1 decided, all of it small: counts, the contaminated prompts, a hash threshold per capped
+    category, and the test pair chosen for each test prompt."""
+
+    read: Counter = field(default_factory=Counter)                       # category -> decided pairs read
+    dropped: dict = field(default_factory=lambda: defaultdict(Counter))  # category -> reason -> pairs
+    contaminated: dict = field(default_factory=dict)                     # normalised text -> match record
+    cap_threshold: dict = field(default_factory=dict)                    # category -> max sample hash kept
+    unique_test: dict = field(default_factory=dict)                      # normalised prompt -> (hash, pair_id)
+
+
+def plan_release(files: dict[str, list[Path]], cfg: ReleaseConfig, decon: Decontaminator | None) -> Plan:
+    plan = Plan()
+    sel = cfg.selection
+    heaps: dict[str, list[float]] = defaultdict(list)   # max-heaps (negated) of the smallest sample hashes
+    selected: Counter = Counter()
+    for category, cat_files in files.items():
+        cap = sel.max_pairs.get(category)
+        for table in read_batches(cat_files, DECISION_COLUMNS, 8192):
+            plan.read[category] += table.num_rows
+            reasons = quality_reasons(table, cfg)
+            prompts, prompts_l = table["prompt"].to_pylist(), table["prompt_l"].to_pylist()
+            if decon is not None:
+                distinct = sorted({t for k, (p, pl) in enumerate(zip(prompts, prompts_l)) if reasons[k] is None
+                                   for t in texts_of(p, pl) if normalize_prompt(t) not in plan.contaminated})
+                for text, m in zip(distinct, decon.match(distinct)):
+                    if m is not None:
+                        plan.contaminated[normalize_prompt(text)] = {"prompt": text, "category": category, "pairs": 0, **m}
+            for k, pair_id in enumerate(table["pair_id"].to_pylist()):
+                if reasons[k] is None:
+                    keys = [normalize_prompt(t) for t in texts_of(prompts[k], prompts_l[k])]
+                    bad = next((plan.contaminated[key] for key in keys if key in plan.contaminated), None)
+                    if bad is not None:
+                        bad["pairs"] += 1
+                        reasons[k] = f"decontaminated:{bad['method']}"
+                h = sample_hash(sel.seed, pair_id)
+                if reasons[k] is None and h >= sel.sample:
+                    reasons[k] = "not_sampled"
+                if reasons[k] is not None:
+                    plan.dropped[category][reasons[k]] += 1
+                    continue
+                selected[category] += 1
+                if cap is not None:
+                    if len(heaps[category]) < cap:
+                        heapq.heappush(heaps[category], -h)
+                    elif -heaps[category][0] > h:
+                        heapq.heapreplace(heaps[category], -h)
+                if cfg.splits.test_unique and split_of(prompts[k], cfg.splits) == "test":
+                    key = normalize_prompt(prompts[k])
+                    if key not in plan.unique_test or plan.unique_test[key][0] > h:
+                        plan.unique_test[key] = (h, pair_id)
+        if cap is not None and selected[category] > cap:
+            plan.cap_threshold[category] = -heaps[category][0]
+            plan.dropped[category]["over_cap"] += selected[category] - cap
+    return plan
+
+
+def released_rows(table: pa.Table, cfg: ReleaseConfig, plan: Plan, category: str) -> tuple[pa.Table, list[str], list[bool]]:
+    """Pass 2's rows of a batch that the plan releases, with each one's split and whether it is its
+    prompt's `test_unique` pair (the same decisions as pass 1, from the row's own values)."""
+    reasons = quality_reasons(table, cfg)
+    limit = plan.cap_threshold.get(category, 1.0)
+    keep, splits, unique = [], [], []
+    prompts, prompts_l = table["prompt"].to_pylist(), table["prompt_l"].to_pylist()
+    for k, pair_id in enumerate(table["pair_id"].to_pylist()):
+        if reasons[k] is not None or any(normalize_prompt(t) in plan.contaminated for t in texts_of(prompts[k], prompts_l[k])):
+            continue
+        h = sample_hash(cfg.selection.seed, pair_id)
+        if h >= cfg.selection.sample or h > limit:
+            continue
+        keep.append(k)
+        splits.append(split_of(prompts[k], cfg.splits))
+        chosen = plan.unique_test.get(normalize_prompt(prompts[k]))
+        unique.append(chosen is not None and chosen[1] == pair_id)
+    return table.take(pa.array(keep, pa.int64())), splits, unique
+
+
+# ---------------------------------------------------------------- writing shards
+
+def without_images(schema: pa.Schema) -> pa.Schema:
+    """The pair schema less its pixel columns, with the `datasets` features to match."""
+    keep = [f for f in schema if f.name not in IMAGE_COLUMNS]
+    hf = json.loads(schema.metadata[b"huggingface"])
+    for c in IMAGE_COLUMNS:
+        hf["info"]["features"].pop(c, None)
+    return pa.schema(keep, metadata={"huggingface": json.dumps(hf)})
+
+
+class SplitWriter:
+    """The shards of one (tree, category, split): rows are buffered into row groups of `row_group_rows`,
+    and a new shard starts once the current one reaches `target_bytes`. Shards carry temporary dot-names
+    until `finish` knows their count."""
+
+    def __init__(self, directory: Path, split: str, schema: pa.Schema, target_bytes: int, row_group_rows: int):
+        self.directory, self.split, self.schema = directory, split, schema
+        self.target_bytes, self.row_group_rows = target_bytes, row_group_rows
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.parts: list[Path] = []
+        self.sink = self.writer = None
+        self.rows = self.nbytes = 0
+
+    def add(self, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        self.pending.append(table.select(self.schema.names).cast(self.schema))
+        self.pending_rows += table.num_rows
+        while self.pending_rows >= self.row_group_rows:
+            self._write_row_group(self.row_group_rows)
+
+    def _write_row_group(self, n: int) -> None:
+        """Write the first `n` pending rows as one row group; close the shard once it reaches the target."""
+        pending = pa.concat_tables(self.pending)
+        table, rest = pending.slice(0, n), pending.slice(n)
+        self.pending, self.pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
+        if self.writer is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.parts.append(self.directory / f".{self.split}-{len(self.parts):05d}.parquet")
+            self.sink = pa.OSFile(str(self.parts[-1]), "wb")
+            self.writer = pq.ParquetWriter(self.sink, self.schema, compression="zstd")
+        self.writer.write_table(table, row_group_size=n)
+        self.rows += table.num_rows
+        self.nbytes += table.nbytes
+        if self.sink.tell() >= self.target_bytes:  # write_table closed its row group: tell() is the size so far
+            self._close()
+
+    def _close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.sink.close()
+            self.writer = self.sink = None
+
+    def finish(self) -> list[Path]:
+        """Write the last rows, close, and rename the shards to their final `<split>-NNNNN-of-NNNNN.parquet` names."""
+        if self.pending_rows:
+            self._write_row_group(self.pending_rows)
+        self._close()
+        final = [self.directory / f"{self.split}-{k:05d}-of-{len(self.parts):05d}.parquet" for k in range(len(self.parts))]
+        for tmp, path in zip(self.parts, final):
+            os.rename(tmp, path)
+        return final
+
+
+def write_release(stage: Path, files: dict[str, list[Path]], cfg: ReleaseConfig, plan: Plan) -> dict:
+    """Pass 2: per category, every released row into its split's shards (and the no-images twin's).
+    Returns {tree: {category: {split: {"rows", "bytes", "files"}}}}."""
+    schema = pair_schema()
+    trees = {"data": schema, **({"no_images": without_images(schema)} if cfg.no_images else {})}
+    target = int(cfg.shard_size_mb * 2**20)
+    written: dict = {tree: {} for tree in trees}
+    for category, cat_files in files.items():
+        writers = {(tree, split): SplitWriter(stage / tree / category, split, tree_schema, target, cfg.row_group_rows)
+                   for tree, tree_schema in trees.items()
+                   for split in (*SPLITS, *(("test_unique",) if cfg.splits.test_unique else ()))}
+        for table in read_batches(cat_files, None, cfg.read_batch_rows):
+            rows, splits, unique = released_rows(table, cfg, plan, category)
+            if not rows.num_rows:
+                continue
+            split_col = pa.array(splits)
+            for (_, split), w in writers.items():
+                mask = pa.array(unique) if split == "test_unique" else pc.equal(split_col, split)
+                w.add(rows.filter(mask))
+        for (tree, split), w in writers.items():
+            paths = w.finish()
+            if paths:
+                written[tree].setdefault(category, {})[split] = {
+                    "rows": w.rows, "bytes": w.nbytes, "files": [str(p.relative_to(stage)) for p in paths]}
+    return written
+
+
+# ---------------------------------------------------------------- the release
+
+def copy_sources(stage: Path, outs: list[Path]) -> list[dict]:
+    """Each output's manifest and stats under sources/<k>-<name>/; returns what the card needs of them."""
+    sources = []
+    for k, out in enumerate(outs):
+        dest = stage / "sources" / f"{k:02d}-{out.resolve().name}"
+        dest.mkdir(parents=True)
+        info = {"output": str(out.resolve()), "dir": str(dest.relative_to(stage)), "manifest": {}, "stats": None}
+        for name in ("manifest.json", "stats.json"):
+            if (out / name).is_file():
+                shutil.copy2(out / name, dest / name)
+                info[name.split(".")[0]] = json.loads((out / name).read_text())
+        sources.append(info)
+    return sources
+
+
+def write_checksums(stage: Path) -> None:
+    lines = [f"{sha256_file(p)}  {p.relative_to(stage).as_posix()}"
+             for p in sorted(stage.rglob("*")) if p.is_file() and p.name != "SHA256SUMS"]
+    (stage / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+
+
+def release(outs: list[str | Path], dest: str | Path, cfg: ReleaseConfig, *, overwrite: bool = False,
+            config_path: str | None = None) -> dict:
+    """Build the release in a staging directory beside DEST and publish it as DEST in one rename. Returns
+    the release report."""
+    from pipelines.release_card import write_card, write_croissant
+
+    outs, dest = [Path(o) for o in outs], Path(dest)
+    check_outputs(outs)
+    if dest.exists() and not dest.is_dir():
+        raise ReleaseError(f"{dest}: exists and is not a directory; choose a new DEST")
+    if dest.exists() and any(dest.iterdir()) and not overwrite:
+        raise ReleaseError(f"{dest}: exists and is not empty; choose a new DEST or pass --overwrite")
+    if dest.resolve() in {o.resolve() for o in outs}:
+        raise ReleaseError(f"{dest}: DEST cannot be one of the run outputs")
+    evals = [(es.name or Path(es.path).name, t) for es in cfg.decontamination.eval_sets for t in read_eval_prompts(es)]
+    categories = cfg.selection.categories
+    files = input_files(outs, categories)
+    if not files:
+        raise ReleaseError(f"{', '.join(map(str, outs))}: no decided pairs to release"
+                           + (f" in categories {categories}" if categories else ""))
+    # A release killed before it published left its staging directory beside DEST (a later one cleans it up;
+    # two releases into the same DEST at once are not supported).
+    mine = re.compile(rf"{re.escape(TMP_PREFIX + OWNER)}-[0-9a-f]{{12}}-{re.escape(dest.name)}")  # temp_path's names
+    for stale in owned_temps(dest.parent, OWNER) if dest.parent.is_dir() else []:
+        if mine.fullmatch(stale.name):
+            remove(stale)
+    started = time.time()
+    decon = Decontaminator(cfg.decontamination, evals) if evals else None
+    plan = plan_release(files, cfg, decon)
+
+    def build(stage: Path) -> None:
+        stage.mkdir()
+        written = write_release(stage, files, cfg, plan)
+        if not written["data"]:
+            raise ReleaseError("every pair was dropped by the selection (see the thresholds, caps and sample)")
+        sources = copy_sources(stage, outs)
+        report.update(_report(outs, cfg, plan, written, config_path, started))
+        (stage / "release_report.json").write_text(json.dumps(report, indent=1))
+        (stage / "decontamination.json").write_text(json.dumps(_decon_report(cfg, evals, plan), indent=1))
+        if cfg.croissant:
+            write_croissant(stage, cfg, written, sources)
+        write_card(stage, cfg, written, report, sources)
+        write_checksums(stage)
+
+    report: dict = {}
+    if dest.exists() and any(dest.iterdir()):
+        # --overwrite: build beside DEST, then swap (two renames; the old release is removed after)
+        staged = temp_path(dest, OWNER)
+        try:
+            build(staged)
+            old = temp_path(dest, OWNER)
+            os.rename(dest, old)
+            os.rename(staged, dest)
+            shutil.rmtree(old)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+    else:
+        if dest.exists():
+            dest.rmdir()
+        publish_atomically(dest, OWNER, build)
+    return report
+
+
+def _report(outs, cfg: ReleaseConfig, plan: Plan, written: dict, config_path, started) -> dict:
+    decided, undecided, errors = (row_counts(outs, kind) for kind in ("pairs", "undecided", "errors"))
+    data = written["data"]
+    per_cat = {}
+    for c in sorted(set(decided) | set(undecided) | set(errors)):
+        released = {s: v["rows"] for s, v in data.get(c, {}).items()}
+        dropped = dict(sorted(plan.dropped[c].items())) if c in plan.read else \
+            ({"category_not_selected": decided[c]} if decided[c] else {})
+        per_cat[c] = {"decided": decided[c], "undecided_excluded": undecided[c], "errors_excluded": errors[c],
+                      "dropped": dropped, "released": released,
+                      "released_pairs": sum(n for s, n in released.items() if s != "test_unique")}
+    return {
+        "format": "pairforge-release/1", "name": cfg.name, "pipeline_version": PIPELINE_VERSION,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.time() - started, 2),
+        "config_path": config_path, "config": cfg.model_dump(mode="json"),
+        "config_hash": stable_hash(cfg.model_dump(mode="json")),
+        "outputs": [str(o.resolve()) for o in outs],
+        "categories": per_cat,
+        "totals": {"decided": sum(decided.values()), "released_pairs": sum(v["released_pairs"] for v in per_cat.values()),
+                   "decontaminated_prompts": len(plan.contaminated),
+                   "decontaminated_pairs": sum(m["pairs"] for m in plan.contaminated.values())},
+        "files": {tree: {c: {s: v["files"] for s, v in splits.items()} for c, splits in cats.items()}
+                  for tree, cats in written.items()},
+    }
+
+
+def _decon_report(cfg: ReleaseConfig, evals: list[tuple[str, str]], plan: Plan) -> dict:
+    d = cfg.decontamination
+    by_method = Counter(m["method"] for m in plan.contaminated.values())
+    return {"eval_sets": [{"name": es.name or Path(es.path).name, "path": es.path,
+                           "prompts": sum(1 for n, _ in evals if n == (es.name or Path(es.path).name))}
+                          for es in d.eval_sets],
+            "methods": {"exact": d.exact, "minhash": {"threshold": d.minhash_threshold, "ngram": d.ngram, "num_perm": d.num_perm}
+                        if d.minhash_threshold is not None else None,
+                        "embedding": {"threshold": d.embedding_threshold, "model": d.embedder}
+                        if d.embedding_threshold is not None else None},
+            "removed_prompts": len(plan.contaminated), "removed_pairs": sum(m["pairs"] for m in plan.contaminated.values()),
+            "by_method": dict(by_method),
+            "removed": sorted(plan.contaminated.values(), key=lambda m: (m["category"], m["prompt"]))}
+
+
+def push(dest: str | Path, repo: str, *, private: bool = False) -> str:
+    """Upload DEST to the Hub dataset repo `repo` (resumable; DEST already has the repo's layout). Not
+    exercised by the tests: there is no Hub here."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
+    # upload_large_folder (huggingface_hub < 2) and upload_folder (>= 2, which resumes and batches commits) do the same job
+    upload = getattr(api, "upload_large_folder", None) or api.upload_folder
+    upload(repo_id=repo, folder_path=str(dest), repo_type="dataset")
+    return f"https://huggingface.co/datasets/{repo}"
+
+
+if __name__ == "__main__":  # python -m pipelines.release OUT [OUT ...] DEST --config release.yaml (ray job submit)
+    import sys
+
+    from pipelines.cli import app
+
+    sys.exit(app(["release", *sys.argv[1:]]))
