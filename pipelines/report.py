@@ -77,7 +77,7 @@ def _figures(report: dict) -> dict[str, str]:
     figs["rates"] = _figure_png(fig)
 
     arena = report.get("arena")
-    if arena:
+    if arena and arena["leaderboard"]:  # no leaderboard when every pair is one generator against itself
         board = arena["leaderboard"]
         fig, ax = plt.subplots(figsize=(6, 1.2 + 0.45 * len(board)), layout="constrained")
         y = np.arange(len(board))[::-1]
@@ -110,7 +110,7 @@ def _figures(report: dict) -> dict[str, str]:
             fig.suptitle("Arena by category (95% intervals)", fontsize=10)
             figs["arena_by_category"] = _figure_png(fig)
 
-        gens = list(arena["win_rate"])
+    if arena and len(gens := list(arena["win_rate"])) >= 2:
         matrix = np.array([[arena["win_rate"][a].get(b) if a != b else np.nan for b in gens] for a in gens], float)
         fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(gens), 1 + 0.8 * len(gens)))
         image = ax.imshow(matrix, vmin=0, vmax=1, cmap="RdBu")
