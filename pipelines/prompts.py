@@ -326,7 +326,9 @@ def plan_prompts(cfg: RunConfig, runtime_env: dict | None = None):
 
 
 def _top(counts: Counter, n: int = 3) -> str:
-    return ", ".join(f"{k} {v}" for k, v in counts.most_common(n)) + (", ..." if len(counts) > n else "")
+    # Most frequent first, ties by name: rejects arrive from Ray tasks in any order, and the line must not.
+    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    return ", ".join(f"{k} {v}" for k, v in top) + (", ..." if len(counts) > n else "")
 
 
 def nothing_to_do(cfg: RunConfig, kept: list[dict], rejects: pa.Table | None, rejects_path: str) -> str:

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import logging
 import os
+import socket
 import sys
 import time
 from collections import Counter
@@ -48,6 +49,26 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def _wait_for_cluster(address: str, named_by: str, timeout_s: float) -> None:
+    """Fail in one line when nothing answers at a `host:port` cluster address: `ray.init` retries an
+    unreachable GCS forever, so a stopped head or a mistyped address would hang the run silently.
+    Other forms (`auto`, `ray://`) are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+            return
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise ConfigError(f"ray: no Ray cluster answers at {address} (from {named_by}) after {timeout_s:g} s "
+                                  f"({e.strerror or e}): start its head (`ray start --head`), fix the address, or unset "
+                                  f"it to run on a local Ray") from None
+            time.sleep(1)
+
+
 def init_ray(rc: RayConfig) -> None:
     """Join the cluster named by the config or $RAY_ADDRESS (as under `ray job submit`), else start a
     local Ray sized by the config. An already-initialised Ray (a notebook, the test session) is reused."""
@@ -62,6 +83,7 @@ def init_ray(rc: RayConfig) -> None:
         return
     address = rc.address or os.environ.get("RAY_ADDRESS")
     if address:
+        _wait_for_cluster(address, "ray.address" if rc.address else "$RAY_ADDRESS", rc.connect_timeout_s)
         ray.init(address=address, logging_level=logging.WARNING)
     else:
         mem = rc.object_store_memory_mb * 2**20 if rc.object_store_memory_mb else None

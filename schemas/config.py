@@ -215,6 +215,8 @@ class OcrConfig(Strict):
 
 class RayConfig(Strict):
     address: str | None = Field(None, description="cluster address; default: $RAY_ADDRESS, else a local Ray")
+    connect_timeout_s: float = Field(60, gt=0, description="how long to wait for the cluster at `address` to answer "
+                                                           "before failing with one line (Ray itself would wait forever)")
     num_cpus: int | None = Field(None, ge=1, description="local Ray only: logical CPUs (default: all cores)")
     object_store_memory_mb: int | None = Field(None, ge=64)
     include_dashboard: bool = Field(True, description="local Ray only; Ray Train's state checks use it")

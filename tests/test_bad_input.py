@@ -43,7 +43,7 @@ CASES = {  # name: (writes the prompt file, what the message says; PATH stands f
     "binary": (raw(bytes(b for b in range(256) if b != 10) * 4 + b"\n\x00\xff\xfe\n"),
                "every line was rejected (invalid_utf8 2)"),
     "every_line_rejected": (jsonl(["a line of prose", '{"prompt": "a cat"', {"prompt": "ok"}, {"text": "wrong key"}]),
-                            "every line was rejected (malformed_json 2, too_short 1, missing_field 1)"),
+                            "every line was rejected (malformed_json 2, missing_field 1, too_short 1)"),
     "routes_nowhere": (jsonl([{"prompt": "a meme about cats", "category": "memes"},
                               {"prompt": "a meme about dogs", "category": "memes"}, {"prompt": "a plain photo of a lake"}]),
                        "source 'bad' (PATH): 3 usable, 'category' = memes 2, (none) 1"),
@@ -73,3 +73,24 @@ def test_a_prompt_file_with_nothing_usable_ends_in_one_clear_line(ray_session, t
         assert f"is in {out}/rejects/prompts.parquet" in last
         rejects = pq.read_table(out / "rejects/prompts.parquet").to_pylist()
         assert len(rejects) == (2 if case == "binary" else 4) and all(r["file"].endswith("prompts.jsonl") for r in rejects)
+
+
+@pytest.mark.parametrize("cli", ["pairforge", "python -m"])
+def test_a_cluster_address_where_nothing_answers_ends_in_one_line_and_frees_the_output(tmp_path, cli):
+    """`ray.init` retries an unreachable GCS forever (CI 2026-12-04: a driver hung 600 s on a head that was
+    not up); the run gives up after `ray.connect_timeout_s` naming the address, and leaves the output free."""
+    import socket
+    with socket.socket() as s:  # a port nothing listens on: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+        prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "a red bicycle leaning on a wall"}])
+        command = [BIN / "pairforge", "run"] if cli == "pairforge" else [sys.executable, "-m", "pipelines.run"]
+        out = tmp_path / "out"
+        proc = subprocess.run([*command, config_for(tmp_path, prompts), "--output", out, "--set", "ray.connect_timeout_s=2"],
+                              cwd=REPO, env={**os.environ, "RAY_ADDRESS": address}, capture_output=True, text=True,
+                              timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ray: no Ray cluster answers at {address} (from $RAY_ADDRESS) after 2 s"), last
+    assert not (out / ".lease.json").exists() and not list(out.glob("pairs/*.parquet"))

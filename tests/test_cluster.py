@@ -44,10 +44,19 @@ def test_cluster_configs_only_ask_for_resources_the_cluster_has():
     assert asked and asked <= offered | {"CPU", "GPU"}
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and not handed out before in this session: a node gets five or six at once, and the
+    OS may give the same just-released port twice, which fails the node's start."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def cluster_env() -> dict:
@@ -70,6 +79,18 @@ def start_node(args: list[str], env: dict, log_path: Path) -> tuple[subprocess.P
     return node, temp_dir
 
 
+def wait_started(node: subprocess.Popen, log_path: Path, timeout_s: float = 240) -> None:
+    """Until `ray start --block` says the node is up. A driver started before its head is up waits in
+    `ray.init` (CI, 2026-12-04: a driver hung there for the test's whole 600 s); a node that exits or never
+    comes up fails the test here, with its log."""
+    deadline = time.time() + timeout_s
+    while "Ray runtime started" not in log_path.read_text(errors="replace"):
+        if node.poll() is not None or time.time() > deadline:
+            why = f"exited {node.returncode}" if node.poll() is not None else "timed out"
+            pytest.fail(f"ray start did not come up ({why}):\n{log_path.read_text(errors='replace')[-4000:]}")
+        time.sleep(0.5)
+
+
 def stop_node(node: subprocess.Popen, temp_dir: str) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(node.pid, signal.SIGTERM)
@@ -86,6 +107,7 @@ def test_ray_job_submit_runs_the_demo_on_a_local_head(ray_session, tiny_kit, tmp
                                 env, tmp_path / "head.log")
     out = tmp_path / "out"
     try:
+        wait_started(head, tmp_path / "head.log")
         runtime_env = {"env_vars": {"PAIRFORGE_CACHE": os.environ["PAIRFORGE_CACHE"], "HF_HUB_OFFLINE": "1"}}
         cmd = [BIN / "ray", "job", "submit", f"--address=http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
                "--runtime-env-json", json.dumps(runtime_env), "--",
@@ -152,8 +174,8 @@ def lost_node_config(tmp_path: Path, watchdog_s: int) -> Path:
 def test_a_lost_worker_node_halts_the_run_naming_the_pool_and_a_rerun_completes(tiny_kit, tmp_path):
     env = cluster_env()
     port = free_port()
-    head, head_dir = start_node(["--head", f"--port={port}", "--num-cpus=3", "--include-dashboard=false"], env,
-                                tmp_path / "head.log")
+    head, head_dir = start_node(["--head", f"--port={port}", f"--ray-client-server-port={free_port()}", "--num-cpus=3",
+                                 "--include-dashboard=false"], env, tmp_path / "head.log")
     nodes = [(head, head_dir)]
 
     def worker_node(name: str):
@@ -161,12 +183,14 @@ def test_a_lost_worker_node_halts_the_run_naming_the_pool_and_a_rerun_completes(
         node = start_node([f"--address=127.0.0.1:{port}", "--num-cpus=1", '--resources={"node_b": 1}'],
                           {**env, "PF_TEST_NODE": marker}, tmp_path / f"{name}.log")
         nodes.append(node)
+        wait_started(node[0], tmp_path / f"{name}.log")
         return node[0], marker
 
     config, out = lost_node_config(tmp_path, watchdog_s=25), tmp_path / "out"
     driver = [sys.executable, "-m", "pipelines.run", str(config)]  # as a user on the head runs it
     driver_env = {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
     try:
+        wait_started(head, tmp_path / "head.log")
         node_b, marker = worker_node("node-b")
         lost = {}
 
