@@ -193,7 +193,7 @@ def blocklist_terms(filters: PromptFilters) -> list[str]:
 
 def classify(batch: pa.Table, source: str, filters: PromptFilters, blocklist: list[str]) -> pa.Table:
     """Raw rows -> adds prompt, prompt_id, prompt_source, dedup_key and reject_reason (None = kept)."""
-    from workers.runtime import decode_image
+    from workers.media import decode_image
 
     blocked = re.compile(r"(?<!\w)(" + "|".join(re.escape(t) for t in blocklist) + r")(?!\w)", re.IGNORECASE) \
         if blocklist else None

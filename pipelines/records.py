@@ -66,7 +66,7 @@ def fit_image(data: bytes, width: int, height: int) -> bytes:
     """An existing image, center-cropped to the aspect ratio and resized to width x height (PNG)."""
     from PIL import ImageOps
 
-    from workers.runtime import decode_image, png_bytes
+    from workers.media import decode_image, png_bytes
 
     return png_bytes(ImageOps.fit(decode_image(data), (width, height)))
 

@@ -8,7 +8,8 @@ import logging
 import pyarrow as pa
 
 from schemas.config import GeneratorConfig
-from workers.runtime import column, pick_device, pick_dtype, png_bytes, setup_worker, with_columns
+from workers.media import png_bytes
+from workers.runtime import column, pick_device, pick_dtype, setup_worker, with_columns
 
 log = logging.getLogger(__name__)
 

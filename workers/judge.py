@@ -24,8 +24,9 @@ import pyarrow as pa
 
 from schemas.config import JudgeConfig
 from workers.judge_backends import OptionResult, make_backend
+from workers.media import decode_image
 from workers.rubrics import OPTIONS, new_nonce, pairwise_messages, parse_choice, sanitize_untrusted, score_messages
-from workers.runtime import column, decode_image, setup_worker, with_columns
+from workers.runtime import column, setup_worker, with_columns
 
 SCORES = [str(s) for s in range(1, 11)]
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from schemas.config import RewardConfig
-from workers.runtime import column, decode_image, pick_device, setup_worker, with_columns
+from workers.media import decode_image
+from workers.runtime import column, pick_device, setup_worker, with_columns
 
 
 def open_clip_name(model_path: str) -> str:

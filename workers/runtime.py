@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 
 # Set in every Ray worker through the runtime env (and by the CLI for the driver).
@@ -48,24 +47,6 @@ def pick_dtype(name: str, device: str):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     return getattr(torch, name)
-
-
-def png_bytes(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def decode_image(data: bytes):
-    """PIL RGB image from encoded bytes; raises ValueError on anything that is not a readable image."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"not a decodable image ({len(data)} bytes): {e}") from None
-    return img.convert("RGB")
 
 
 def column(table, name: str) -> list:

@@ -28,6 +28,9 @@ TINY_MODELS = {
     "sd3": "generator",
     "flux": "generator",
     "flux-dev": "generator",
+    "wan-t2v": "generator",
+    "wan-i2v": "generator",
+    "wan2.2-i2v": "generator",
     "qwen2-vl-a": "judge",
     "qwen2.5-vl-b": "judge",
     "qwen2-vl-c": "judge",
@@ -93,6 +96,9 @@ def build_tiny_models(out: str | os.PathLike) -> Path:
         "sd3": lambda d: build_sd3(d, seed=1),
         "flux": lambda d: build_flux(d, seed=2),
         "flux-dev": lambda d: build_flux(d, seed=7, guidance_embeds=True),
+        "wan-t2v": lambda d: build_wan(d, seed=8, task="t2v"),
+        "wan-i2v": lambda d: build_wan(d, seed=9, task="i2v"),
+        "wan2.2-i2v": lambda d: build_wan(d, seed=10, task="i2v-moe"),
         "qwen2-vl-a": lambda d: build_qwen_vl(d, family="qwen2-vl", seed=0),
         "qwen2.5-vl-b": lambda d: build_qwen_vl(d, family="qwen2.5-vl", seed=1),
         "qwen2-vl-c": lambda d: build_qwen_vl(d, family="qwen2-vl", seed=2, hidden_layers=3),
@@ -257,6 +263,53 @@ def build_flux(out: Path, seed: int = 2, guidance_embeds: bool = False) -> None:
     FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_tiny_vae(flow=True),
                  text_encoder=_tiny_clip_text(tok), tokenizer=tok, text_encoder_2=_tiny_t5(tok2), tokenizer_2=tok2,
                  transformer=tr).save_pretrained(out)
+
+
+def build_wan(out: Path, seed: int, task: str) -> None:
+    """Wan video models (flow matching on 5-D video latents, a causal 3-D VAE: 4x in time, 8x in space, a UMT5
+    text encoder). `t2v`: Wan2.1 text-to-video. `i2v`: Wan2.1 image-to-video: the first frame's latents are
+    concatenated to the noise (36 input channels) and a CLIP vision encoder's embedding is cross-attended
+    (`image_dim`). `i2v-moe`: Wan2.2-A14B image-to-video: no image encoder, two expert transformers switched
+    at `boundary_ratio` of the schedule (high-noise `transformer`, low-noise `transformer_2`)."""
+    import torch
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanImageToVideoPipeline,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    tok = tiny_t5_tokenizer(max_len=64)
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=37, num_layers=2,
+                                               num_heads=4, relative_attention_num_buckets=8, pad_token_id=0,
+                                               eos_token_id=1, decoder_start_token_id=0))
+    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+
+    def transformer(in_channels: int, image_dim: int | None = None):
+        return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                     in_channels=in_channels, out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32,
+                                     num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                     rope_max_seq_len=32, image_dim=image_dim)
+
+    common = dict(tokenizer=tok, text_encoder=text_encoder, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    if task == "t2v":
+        pipe = WanPipeline(transformer=transformer(16), **common)
+    elif task == "i2v":
+        encoder = CLIPVisionModel(CLIPVisionConfig(  # Wan2.1-I2V reads its penultimate hidden states
+            hidden_size=8, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+            intermediate_size=16, patch_size=4))
+        pipe = WanImageToVideoPipeline(transformer=transformer(36, image_dim=8), image_encoder=encoder,
+                                       image_processor=CLIPImageProcessor(crop_size=32, size=32), **common)
+    elif task == "i2v-moe":
+        pipe = WanImageToVideoPipeline(transformer=transformer(36), transformer_2=transformer(36), boundary_ratio=0.9,
+                                       **common)
+    else:
+        raise ValueError(f"unknown Wan task {task!r}")
+    pipe.save_pretrained(out)
 
 
 # --- VLM judges (Qwen2-VL / Qwen2.5-VL) ----------------------------------------------------------
