@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -21,14 +20,14 @@ import ray
 from ray.data.expressions import col
 
 from pipelines.lease import OutputBusy, OutputLease
-from pipelines.progress import RunHalted, RunMonitor, Watch, cost_line, cost_summary, start_progress_actor
+from pipelines.progress import RunMonitor, Watch, cost_line, cost_summary, start_progress_actor
 from pipelines.prompts import PromptsError, nothing_to_do, plan_prompts
 from pipelines.records import WORK_COLUMNS, build_records, row_schema
 from pipelines.routing import run_categories
 from pipelines.stages import apply_worker_pools, model_refs, pool_specs
-from pipelines.stats import format_stats, write_stats
+from pipelines.stats import write_stats
 from pipelines.store import OutputStore, ShardSink, new_run_id
-from schemas.config import ConfigError, RayConfig, RunConfig, load_run_config, parse_overrides
+from schemas.config import ConfigError, RayConfig, RunConfig
 from schemas.pair import PIPELINE_VERSION
 from workers.runtime import WORKER_ENV
 from workers.tiny_models import resolve_model_ref
@@ -233,35 +232,11 @@ def _run(cfg: RunConfig, store: OutputStore, run_id: str, config_path: str | Non
     return write_stats(store.path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.run", description=__doc__.splitlines()[0])
-    parser.add_argument("config")
-    parser.add_argument("--output", help="override output.path")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (dotted path, YAML value); repeatable")
-    parser.add_argument("--break-lease", action="store_true",
-                        help="take over the output directory's lease even if its holder looks alive (you know it is dead)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    overrides = parse_overrides(args.set)
-    if args.output:
-        overrides["output.path"] = args.output
-    try:
-        cfg = load_run_config(args.config, overrides)
-        report = run(cfg, args.config, break_lease=args.break_lease)
-    except (ConfigError, PromptsError) as e:
-        print(e, file=sys.stderr)
-        return 2
-    except OutputBusy as e:
-        print(e, file=sys.stderr)
-        return 3
-    except RunHalted as e:
-        print(e, file=sys.stderr)
-        return 1
-    print(format_stats(report))
-    print(f"output: {os.path.abspath(cfg.output.path)}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m pipelines.run ...` (what `ray job submit` runs) is `pairforge run ...`: one entry point, one
+    # set of options, exit codes and one-line errors.
+    import typer
+
+    from pipelines.cli import app
+
+    typer.main.get_command(app).get_command(None, "run").main(sys.argv[1:], prog_name="python -m pipelines.run")
