@@ -21,9 +21,9 @@ def main() -> None:
 
     from schemas.config import JudgeConfig
     from workers.judge_backends import make_backend
+    from workers.model_refs import resolve_model_ref
     from workers.rubrics import OPTIONS, new_nonce, pairwise_messages
     from workers.runtime import pick_device, setup_worker
-    from workers.tiny_models import resolve_model_ref
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny:qwen2-vl-a")

@@ -22,8 +22,8 @@ def main() -> None:
     from schemas.config import TrainConfig
     from training.data import decode_batch, pair_files, tensor_column
     from training.train import PreferenceTrainer, train
+    from workers.model_refs import resolve_model_ref
     from workers.runtime import setup_worker
-    from workers.tiny_models import resolve_model_ref
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", default="out/demo", help="output directory of a pairforge run")

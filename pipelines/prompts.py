@@ -267,7 +267,7 @@ def semantic_dedup(valid, cfg: RunConfig, partitions: int, runtime_env: dict | N
 
     from pipelines.stages import pool_args
     from workers.embedder import PromptEmbedder
-    from workers.tiny_models import resolve_model_ref
+    from workers.model_refs import resolve_model_ref
 
     f = cfg.filters
     embedded = valid.map_batches(

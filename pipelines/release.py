@@ -135,7 +135,7 @@ class Decontaminator:
         self.embedder = self.eval_vectors = None
         if cfg.embedding_threshold is not None and evals:
             from workers.embedder import PromptEmbedder
-            from workers.tiny_models import resolve_model_ref
+            from workers.model_refs import resolve_model_ref
 
             self.embedder = PromptEmbedder(resolve_model_ref(cfg.embedder))
             self.eval_vectors = self._embed([t for _, t in evals])

@@ -29,8 +29,8 @@ from pipelines.stats import write_stats
 from pipelines.store import OutputStore, ShardSink, new_run_id
 from schemas.config import ConfigError, RayConfig, RunConfig
 from schemas.pair import PIPELINE_VERSION
+from workers.model_refs import resolve_model_ref
 from workers.runtime import WORKER_ENV
-from workers.tiny_models import resolve_model_ref
 
 log = logging.getLogger("pairforge")
 

@@ -26,8 +26,9 @@ os.environ.pop("RAY_ADDRESS", None)  # tests run on their own local Ray, never o
 @pytest.fixture(scope="session")
 def tiny_kit(tmp_path_factory) -> Path:
     """The tiny-model kit, built once (in $PAIRFORGE_CACHE when set, so `make test` reuses it)."""
+    from workers.model_refs import default_cache_dir
     from workers.runtime import setup_worker
-    from workers.tiny_models import KIT_VERSION, default_cache_dir, ensure_tiny_models
+    from workers.tiny_models import KIT_VERSION, ensure_tiny_models
 
     setup_worker(1)
     root = default_cache_dir() / f"tiny-v{KIT_VERSION}" if "PAIRFORGE_CACHE" in os.environ \

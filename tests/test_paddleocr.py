@@ -16,8 +16,8 @@ from test_ocr import FONTS, PHRASES, render, run_reader, stage1_rows
 from pipelines.run import run
 from pipelines.store import shard_files
 from schemas.config import OcrConfig
+from workers.model_refs import resolve_model_ref
 from workers.ocr import OcrReader
-from workers.tiny_models import resolve_model_ref
 
 pytest.importorskip("paddleocr", reason="PaddleOCR is not installed: pip install 'pairforge[paddleocr,ppocr-kit]'")
 pytest.importorskip("x2paddle", reason="x2paddle is not installed: pip install 'pairforge[ppocr-kit]'")

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from workers.tiny_models import TINY_MODELS, resolve_model_ref
+from workers.model_refs import resolve_model_ref
+from workers.tiny_models import TINY_MODELS
 
 
 def test_kit_has_every_model_family(tiny_kit):

@@ -296,7 +296,7 @@ def train(cfg: TrainConfig):
 
     from pipelines.run import init_ray
     from training.data import audit, ingest_options, load_gaps, training_pairs
-    from workers.tiny_models import resolve_model_ref
+    from workers.model_refs import resolve_model_ref
 
     for k, v in {**WORKER_ENV, **cfg.ray.env_vars}.items():
         os.environ.setdefault(k, v)

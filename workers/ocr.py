@@ -13,9 +13,9 @@ import pyarrow as pa
 
 from schemas.config import OcrConfig
 from workers.media import decode_image
+from workers.model_refs import resolve_model_ref
 from workers.ppocr_kit import declared_model_name, pipeline_kwargs
 from workers.runtime import column, setup_worker, with_columns
-from workers.tiny_models import resolve_model_ref
 
 _QUOTED = re.compile(r'"([^"]+)"|“([^”]+)”')
 

@@ -51,7 +51,7 @@ def ensure_ppocr_model(stem: str) -> Path:
     """The PaddleOCR folder for RapidOCR's `<stem>.onnx`, converted on first use; concurrent callers wait on a lock."""
     from filelock import FileLock
 
-    from workers.tiny_models import default_cache_dir
+    from workers.model_refs import default_cache_dir
 
     name, src = paddlex_model_name(stem), rapidocr_models() / f"{stem}.onnx"
     final = default_cache_dir() / f"ppocr-v{KIT_VERSION}" / f"rapidocr-{metadata.version('rapidocr')}" / stem

