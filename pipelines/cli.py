@@ -78,6 +78,49 @@ def stats(output: Path = typer.Argument(..., help="output directory of a run"),
 
 
 @app.command()
+def plan(config: Path = typer.Argument(..., help="run config (YAML)"),
+         pairs: int = typer.Option(..., "--pairs", min=1, help="pairs to plan for, split over the config's categories "
+                                                                "as their target_pairs (evenly when unset)"),
+         from_: list[Path] = typer.Option([], "--from", help="output directories of earlier runs of this config on "
+                                                             "the target hardware (their manifests' cost accounting)"),
+         calibrate: int | None = typer.Option(None, "--calibrate", min=1, help="first run this many pairs per "
+                                              "category into --calibration-output, then plan from that run"),
+         calibration_output: Path | None = typer.Option(None, "--calibration-output",
+                                                        help="where --calibrate writes (default: OUTPUT.path-calibration)"),
+         deadline: float | None = typer.Option(None, "--deadline", help="hours: the actors per pool that finish by then"),
+         gpus: int | None = typer.Option(None, "--gpus", help="a fixed GPU count: its balanced split across GPU pools"),
+         json_out: Path | None = typer.Option(None, "--json", help="also write the plan here as JSON"),
+         set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+    """What N pairs will cost: busy seconds and GPU-hours per pool, the bottleneck, the predicted time, the
+    actors per pool for a deadline or the split of a fixed GPU count, from measured runs."""
+    from pipelines.plan import PlanError, calibration_config, format_plan, make_plan, measurements
+    from pipelines.prompts import PromptsError
+    from schemas.config import ConfigError, load_run_config, parse_overrides
+
+    _setup_logging()
+    try:
+        overrides = parse_overrides(set_)
+        cfg = load_run_config(config, overrides)
+        sources = list(from_)
+        if calibrate:
+            from pipelines.run import run as run_pipeline
+
+            where = str(calibration_output or f"{cfg.output.path.rstrip('/')}-calibration")
+            run_pipeline(calibration_config(str(config), where, calibrate, overrides), str(config))
+            sources.append(Path(where))
+        if not sources:
+            _fail("plan: nothing to plan from: pass --from OUT (an earlier run of this config on the target hardware) "
+                  "or --calibrate K (run K pairs per category first)")
+        result = make_plan(cfg, pairs, measurements(sources), deadline_h=deadline, gpus=gpus)
+    except (ConfigError, PromptsError, PlanError) as e:
+        _fail(str(e))
+    typer.echo(format_plan(result))
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=1))
+        typer.echo(f"plan: {json_out}")
+
+
+@app.command()
 def train(config: Path = typer.Argument(..., help="training config (YAML)"),
           set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Diffusion-DPO / Poly-DPO with Ray Train on pair shards; resumes from the latest checkpoint."""

@@ -65,8 +65,12 @@ class RunProgress:
 
     def finished(self, actor: str, rows: int, busy_s: float = 0.0, categories: dict[str, int] | None = None) -> None:
         a = self.actors[actor]
-        a.update(state="idle", since=self._now(), rows=0, busy_s=a.get("busy_s", 0.0) + busy_s)
-        self.stages[a["stage"]].update(batches=1, rows=rows, busy_s=busy_s)
+        # An actor's first batch carries its warm-up (lazy init, kernel selection, allocator growth): kept
+        # apart so that a plan from a short run can tell the per-row cost from the per-actor one.
+        warmup = {"warmup_s": busy_s, "warmup_rows": rows} if not a.get("batches") else {}
+        a.update(state="idle", since=self._now(), rows=0, busy_s=a.get("busy_s", 0.0) + busy_s,
+                 batches=a.get("batches", 0) + 1)
+        self.stages[a["stage"]].update(batches=1, rows=rows, busy_s=busy_s, **warmup)
         by_category = self.busy.setdefault(a["stage"], Counter())
         for category, n in (categories or {}).items():
             by_category[category] += busy_s * n / rows
@@ -98,8 +102,9 @@ def start_progress_actor():
 def cost_summary(snap: dict, gpus: dict[str, float]) -> dict:
     """What the pools spent, from the progress record at the run's end. Per stage: actors, batches, rows,
     busy seconds (time inside the worker's batches), GPU-seconds (busy seconds times the GPUs an actor
-    holds), seconds per row and utilisation (busy seconds over the time its actors were up after loading:
-    near 1 for the pool the others wait for). Per category: seconds of each stage per pair the run wrote
+    holds), seconds per row, utilisation (busy seconds over the time its actors were up after loading:
+    near 1 for the pool the others wait for), and the busy seconds and rows of each actor's first batch
+    (its warm-up is in there). Per category: seconds of each stage per pair the run wrote
     (pairs, undecided and errors). The bottleneck is the stage with the highest utilisation."""
     stages = {}
     for stage, counts in snap["stages"].items():
@@ -109,7 +114,8 @@ def cost_summary(snap: dict, gpus: dict[str, float]) -> dict:
         stages[stage] = {"actors": len(actors), "batches": counts.get("batches", 0), "rows": counts.get("rows", 0),
                          "busy_s": round(busy, 3), "gpu_s": round(busy * gpus.get(stage, 0.0), 3),
                          "s_per_row": round(busy / counts["rows"], 4) if counts.get("rows") else None,
-                         "utilisation": round(busy / up, 3) if up > 0 else None}
+                         "utilisation": round(busy / up, 3) if up > 0 else None,
+                         "warmup_s": round(counts.get("warmup_s", 0.0), 3), "warmup_rows": counts.get("warmup_rows", 0)}
     pairs = {c: sum(v.values()) for c, v in snap["done"].items()}
     per_pair = {c: {s: round(by_cat.get(c, 0.0) / n, 4) for s, by_cat in snap.get("busy", {}).items() if by_cat.get(c)}
                 for c, n in pairs.items() if n}
