@@ -41,6 +41,12 @@ def stage_pools(cfg: RunConfig) -> dict[str, object]:
     return {stage: c.pool for _, stage, c, _ in pool_specs(cfg, {ref: ref for ref in model_refs(cfg)})}
 
 
+def pools_up(timing: dict) -> float:
+    """Seconds from the pools' start until every pool has its model loaded and a batch has run: the run's
+    start-up. (A pool that loads slowly starts after the first batch of a fast one.)"""
+    return max(timing["first_batch_s"], timing.get("ready_s") or 0.0)
+
+
 def measurements(outputs: list[Path]) -> dict:
     """Sum the cost accounting of every run recorded in the outputs' manifests: per stage busy seconds
     and busy seconds per category; per category rows worked and the decided share (pairs over pairs,
@@ -81,11 +87,12 @@ def measurements(outputs: list[Path]) -> dict:
         raise PlanError(f"plan: no measured run in {', '.join(map(str, outputs))}: run a short calibration first "
                         f"(`pairforge plan CONFIG --pairs N --calibrate 8`)")
     _, cost, timing = best
-    processing = timing["pools_s"] - timing["first_batch_s"]
+    startup = pools_up(timing)
+    processing = timing["pools_s"] - startup
     bound = max(st["busy_s"] / max(st["actors"], 1) for st in cost["stages"].values())
     return {"busy": busy, "rows": rows, "warmup": {s: _warmup(t) for s, t in totals.items()},
             "decided": {c: counts.get(c, {}).get("pairs", 0) / n for c, n in rows.items()},
-            "startup_s": timing["first_batch_s"], "overhead_s": max(processing - bound, 0.0),
+            "startup_s": startup, "overhead_s": max(processing - bound, 0.0),
             "counts": counts}
 
 
