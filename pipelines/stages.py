@@ -91,10 +91,11 @@ def pool_stage(worker_cls: type, stage: str) -> type:
 
 
 def pool_args(pool: PoolConfig, runtime_env: dict | None) -> dict:
-    """map_batches arguments of an actor pool: its size, CPUs, GPUs and custom resources (a cluster's
-    node pools), and the workers' env vars."""
-    args = dict(compute=ActorPoolStrategy(size=pool.actors), num_cpus=pool.num_cpus, runtime_env=runtime_env,
-                batch_format="pyarrow")
+    """map_batches arguments of an actor pool: its size (fixed, or between `actors` and `max_actors`: Ray
+    Data adds actors while the pool's input backs up), CPUs, GPUs and custom resources (a cluster's node
+    pools), and the workers' env vars."""
+    size = dict(min_size=pool.actors, max_size=pool.max_actors) if pool.max_actors else dict(size=pool.actors)
+    args = dict(compute=ActorPoolStrategy(**size), num_cpus=pool.num_cpus, runtime_env=runtime_env, batch_format="pyarrow")
     if pool.num_gpus:
         args["num_gpus"] = pool.num_gpus
     if pool.resources:

@@ -28,10 +28,20 @@ class PoolConfig(Strict):
     Data's read/write tasks and the run hangs). On clusters: GPUs, or custom resources that name a
     GPU pool declared in cluster.yaml (e.g. `{judge_gpu: 1}`)."""
 
-    actors: int = Field(1, ge=1)
+    actors: int = Field(1, ge=1, description="actors the pool starts with (and keeps, unless max_actors is set)")
+    max_actors: int | None = Field(None, ge=1, description="let the pool grow to this many actors while its input "
+                                                         "backs up, and shrink back to `actors` when idle (Ray Data's "
+                                                         "autoscaling actor pool; on a cluster the autoscaler adds "
+                                                         "nodes for them)")
     num_cpus: float = Field(0.5, ge=0)
     num_gpus: float = Field(0, ge=0)
     resources: dict[str, float] = {}
+
+    @model_validator(mode="after")
+    def _max_at_least_actors(self):
+        if self.max_actors is not None and self.max_actors < self.actors:
+            raise ValueError(f"max_actors ({self.max_actors}) must be at least actors ({self.actors})")
+        return self
 
 
 class GeneratorConfig(Strict):

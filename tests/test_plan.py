@@ -100,3 +100,40 @@ def test_plan_command_prints_a_table_writes_json_and_refuses_without_measurement
                              text=True, timeout=300)
         assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(message), bad.stderr[-2000:]
         assert "Traceback" not in bad.stderr
+
+
+def test_a_pool_with_max_actors_grows_while_its_input_backs_up(ray_session):
+    """Balanced pools: a pool stage built from `pool: {actors: 1, max_actors: 2}` starts one actor and Ray
+    Data adds the second while the stage's input backs up (a slow worker, twelve waiting rows). On a full
+    run here the tiny pools already take the session's CPUs, and Ray Data grows a pool only within its
+    share of them, so this drives the stage itself on real Ray Data."""
+    import time
+
+    import pyarrow as pa
+    import ray.data
+
+    from pipelines.stages import pool_args, pool_stage
+    from schemas.config import PoolConfig, RunConfig
+
+    class Slow:  # defined here: Ray ships it by value to the actors
+        def __init__(self, name, cfg):
+            self.pid = __import__("os").getpid()
+
+        def __call__(self, rows: pa.Table) -> pa.Table:
+            time.sleep(1.0)
+            return rows.append_column("pid", pa.array([self.pid] * rows.num_rows))
+
+    ds = ray.data.from_items([{"category": "composition", "i": i} for i in range(12)], override_num_blocks=12)
+    ds = ds.map_batches(pool_stage(Slow, "test:slow"), batch_size=1, fn_constructor_kwargs=dict(name="slow", cfg={}),
+                        **pool_args(PoolConfig(actors=1, max_actors=2, num_cpus=0.25), None))
+    rows = ds.take_all()
+    assert sorted(r["i"] for r in rows) == list(range(12)) and len({r["pid"] for r in rows}) == 2
+    fixed = ray.data.from_items([{"category": "composition", "i": i} for i in range(6)], override_num_blocks=6)
+    fixed = fixed.map_batches(pool_stage(Slow, "test:fixed"), batch_size=1, fn_constructor_kwargs=dict(name="f", cfg={}),
+                              **pool_args(PoolConfig(actors=1, num_cpus=0.25), None))
+    assert len({r["pid"] for r in fixed.take_all()}) == 1  # without max_actors, the pool keeps its size
+
+    data = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
+    data["generators"]["flux"]["pool"] = {"actors": 3, "max_actors": 2}
+    with pytest.raises(Exception, match=r"max_actors \(2\) must be at least actors \(3\)"):
+        RunConfig.model_validate(data)
