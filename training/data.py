@@ -58,8 +58,8 @@ def pair_files(data: TrainData, media: str = "image") -> dict[str, list[str]]:
                 else:
                     other += 1
     if not files:
-        raise FileNotFoundError(f"no {media} pair shards (columns {', '.join(MEDIA[media])}) under {data.paths} "
-                                f"(categories: {data.categories or 'all'}; {other} shards of other media); "
+        raise FileNotFoundError(f"no pair shards under {data.paths} (categories: {data.categories or 'all'}) with "
+                                f"{media} columns {', '.join(MEDIA[media])} ({other} shards without them); "
                                 "run `pairforge run CONFIG` first")
     return files
 
