@@ -482,6 +482,15 @@ def test_video_lora_dpo_with_ray_train_and_a_checkpoint_that_reloads(ray_session
     assert not torch.allclose(out_base, out_lora) and torch.equal(out_base, out_off)
 
 
+def test_video_frame_counts_fail_before_training_in_one_line(video_pairs):
+    from schemas.config import TrainData
+    from training.data import TrainDataError, audit
+
+    assert audit(TrainData(paths=[str(video_pairs)], num_frames=5), media="video").kept == 4
+    with pytest.raises(TrainDataError, match=r"^4 video pairs have fewer than data.num_frames=13 frames \(shortest: 9\)"):
+        audit(TrainData(paths=[str(video_pairs)], num_frames=13), media="video")
+
+
 def test_a_two_expert_wan_without_expert_fails_before_starting_ray(tmp_path):
     from schemas.config import ConfigError
 

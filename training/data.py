@@ -316,6 +316,27 @@ class DataAudit:
         return "; ".join(lines)
 
 
+def check_frames(files: list[str], data: TrainData) -> None:
+    """Video pairs: fail before training, in one line, when the records' `frames` say a video is shorter
+    than `data.num_frames`, or (num_frames unset) that the videos cannot be batched as they are."""
+    import pyarrow.parquet as pq
+
+    counts = Counter()
+    for f in files:
+        if "frames" in pq.read_schema(f).names:
+            counts.update(c for c in pq.read_table(f, columns=["frames"]).column("frames").to_pylist() if c is not None)
+    if not counts:
+        return
+    if data.num_frames is not None:
+        short = sum(n for c, n in counts.items() if c < data.num_frames)
+        if short:
+            raise TrainDataError(f"{short} video pairs have fewer than data.num_frames={data.num_frames} frames "
+                                 f"(shortest: {min(counts)}); lower data.num_frames")
+    elif len(counts) > 1 or min(counts) % 4 != 1:
+        raise TrainDataError(f"the video pairs have {', '.join(map(str, sorted(counts)))} frames; set data.num_frames "
+                             f"(4k + 1, at most {min(counts)}) to train on the same first frames of each")
+
+
 def audit(data: TrainData, gaps: dict[str, float] | None = None, media: str = "image") -> DataAudit:
     """Streams the shards' label columns (no images) through the filters and the gap lookup; logs what
     each filter drops per label source. Pairs without a gap: `missing_gap: error` raises TrainDataError
@@ -323,6 +344,8 @@ def audit(data: TrainData, gaps: dict[str, float] | None = None, media: str = "i
     import pyarrow.parquet as pq
 
     result = DataAudit()
+    if media == "video":
+        check_frames([f for fs in pair_files(data, media).values() for f in fs], data)
     for files in pair_files(data, media).values():
         for f in files:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=65536, columns=["pair_id", *LABELS]):
