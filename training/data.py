@@ -102,10 +102,11 @@ def video_pixels(data: bytes, frames: int | None, width: int, height: int) -> np
     return np.stack(fitted).transpose(3, 0, 1, 2) / 127.5 - 1.0
 
 
-def media_size(data: TrainData, media: str) -> list[int]:
-    """What the pixels are cut to: [resolution] for images, [frames, width, height] for videos."""
+def media_size(data: TrainData, media: str) -> int | list:
+    """What the pixels are cut to (named in the latent cache's key): the resolution for images, [frames,
+    width, height] for videos."""
     if media == "image":
-        return [data.resolution]
+        return data.resolution
     return [data.num_frames, data.video_width or data.resolution, data.video_height or data.resolution]
 
 
@@ -225,9 +226,8 @@ def latent_cache(root: str, files: list[str], model_path: str, data: TrainData, 
     import ray
     from filelock import FileLock
 
-    size = data.resolution if media == "image" else media_size(data, media)  # image keys as before videos came
-    key = stable_hash("latents", CACHE_FORMAT, model_path, size, sorted((os.path.basename(f), os.path.getsize(f))
-                                                                       for f in files))
+    shards = sorted((os.path.basename(f), os.path.getsize(f)) for f in files)
+    key = stable_hash("latents", CACHE_FORMAT, model_path, media_size(data, media), shards)
     final = Path(root) / "latents" / key
     if final.exists():
         return final

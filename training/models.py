@@ -203,12 +203,10 @@ class WanVideo(FlowTransformer):
 
     def configure(self, cfg) -> None:
         self.max_sequence_length = cfg.max_sequence_length
-        self.trainable = wan_expert(self.pipe.config, cfg.expert)
+        self.trainable = wan_expert(self.pipe.config, cfg.expert)  # validated: expert is set iff there are two
         boundary = self.pipe.config.get("boundary_ratio")
-        if self.trainable == "transformer_2":
-            self.sigma_range = (0.0, boundary)
-        elif boundary is not None and (self.pipe.config.get("transformer_2") or [None])[0] is not None:
-            self.sigma_range = (boundary, 1.0)
+        if cfg.expert:
+            self.sigma_range = (boundary, 1.0) if cfg.expert == "high_noise" else (0.0, boundary)
         other = "transformer_2" if self.trainable == "transformer" else "transformer"
         if getattr(self.pipe, other, None) is not None:
             self.pipe.register_modules(**{other: None})
