@@ -264,6 +264,18 @@ def repeat_cond(cond: dict, times: int) -> dict:
     return {k: v if k == "txt_ids" else v.repeat(times, *([1] * (v.ndim - 1))) for k, v in cond.items()}
 
 
+def pipeline_config(model_path: str) -> dict:
+    """A pipeline's `model_index.json` (a local folder or a hub id), read without importing diffusers'
+    pipelines: that import takes seconds, and `pairforge train` checks the model before anything starts."""
+    import json
+    from pathlib import Path
+
+    from huggingface_hub import hf_hub_download
+
+    local = Path(model_path) / "model_index.json"
+    return json.loads((local if local.is_file() else Path(hf_hub_download(model_path, "model_index.json"))).read_text())
+
+
 def model_media(config: dict, expert: str | None = None) -> str:
     """"image" or "video": what a pipeline (its `model_index.json` config) trains on. For a Wan model also
     checks, before anything starts, that `expert` says which transformer trains (`wan_expert`)."""

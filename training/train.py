@@ -302,21 +302,20 @@ def train(cfg: TrainConfig):
     before starting Ray when the data cannot be trained on, ConfigError when the model cannot be trained as
     configured (a two-expert Wan2.2 without `expert`), TrainingHalted when a step's loss is not finite."""
     import ray.train
-    from diffusers import DiffusionPipeline
     from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipelines.run import init_ray
     from schemas.config import ConfigError
     from training.data import audit, ingest_options, load_gaps, training_pairs
-    from training.models import model_media
+    from training.models import model_media, pipeline_config
     from workers.tiny_models import resolve_model_ref
 
     for k, v in {**WORKER_ENV, **cfg.ray.env_vars}.items():
         os.environ.setdefault(k, v)
     model_path = resolve_model_ref(cfg.model)
     try:
-        media = model_media(DiffusionPipeline.load_config(model_path), cfg.expert)
+        media = model_media(pipeline_config(model_path), cfg.expert)
     except ValueError as e:
         raise ConfigError(f"model {cfg.model}: {e}") from None
     gaps = load_gaps(cfg.data)
