@@ -41,7 +41,7 @@ def main() -> None:
 
     # plain loop: decode every pair up front (what a single process would do), then step
     files = [f for fs in pair_files(cfg.data).values() for f in fs]
-    decoded = decode_batch(pq.read_table(files, columns=["pair_id", "prompt", "image_w", "image_l"]), args.resolution)
+    decoded = decode_batch(pq.read_table(files, columns=["pair_id", "prompt", "image_w", "image_l"]), cfg.data)
     data = {"prompt": np.array(decoded.column("prompt").to_pylist(), dtype=object),
             "pixels_w": tensor_column(decoded, "pixels_w"), "pixels_l": tensor_column(decoded, "pixels_l")}
     trainer = PreferenceTrainer(DiffusionPipeline.from_pretrained(resolve_model_ref(args.model)), cfg)

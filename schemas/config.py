@@ -417,6 +417,13 @@ class TrainData(Strict):
     min_ocr_loser_ned: float = Field(0.0, ge=0, le=1, description="OCR-labelled pairs: the winner reads exact and "
                                                                   "the loser's normalised edit distance is at least this")
     resolution: int = Field(512, ge=16, description="images are resized and center-cropped to this square")
+    num_frames: int | None = Field(None, ge=1, description="video models: train on each video's first N frames "
+                                                          "(Wan: N = 4k + 1); default all, which must then be 4k + 1 "
+                                                          "and the same in every pair")
+    video_width: int | None = Field(None, ge=16, description="video models: frames are resized and center-cropped "
+                                                            "to video_width x video_height (default: resolution "
+                                                            "square); Wan wants multiples of 16")
+    video_height: int | None = Field(None, ge=16, description="see video_width")
     latent_cache: bool = Field(False, description="VAE-encode the pairs once (a Ray Data stage) and train on the "
                                                  "stored latents, kept beside the shards in OUT/latents/")
     gap_file: str | None = Field(None, description="loss fine: Parquet with pair_id and gap (e.g. the Arena's "
@@ -427,6 +434,14 @@ class TrainData(Strict):
     shuffle_buffer: int = Field(64, ge=0, description="rows each worker shuffles over (0 = off), after the blocks' "
                                                      "order is shuffled; a row holds both images at `resolution` "
                                                      "(24 * resolution^2 bytes) or their latents")
+
+    @field_validator("num_frames")
+    @classmethod
+    def _wan_frames(cls, v):
+        if v is not None and v % 4 != 1:
+            raise ValueError(f"num_frames must be 4k + 1 (Wan's VAE keeps the first frame and compresses the rest "
+                             f"4x in time), got {v}")
+        return v
 
     @field_validator("categories")
     @classmethod
@@ -446,7 +461,7 @@ class TrainConfig(Strict):
     stage: Literal["sft", "dpo"] = Field("dpo", description="sft: denoising loss on winners; dpo: preference loss")
     init_checkpoint: str | None = Field(
         None, description="start the policy (and, for dpo, the reference) from this checkpoint folder, e.g. "
-                          "an SFT run's OUTPUT/NAME/final; it holds <unet|transformer>/ from save_pretrained")
+                          "an SFT run's OUTPUT/NAME/final; it holds <unet|transformer|transformer_2>/ from save_pretrained")
     loss: Literal["sigmoid", "poly", "fine"] = Field(
         "poly", description="sigmoid: Diffusion-DPO; poly: Poly-DPO, -log p + alpha (1 - p) (alpha 0 = DPO); "
                             "fine: (gap_scale * gap - logit)^2, a CaPO-style regression on stored per-pair gaps")
@@ -457,7 +472,11 @@ class TrainConfig(Strict):
     lora_alpha: float | None = Field(None, gt=0, description="LoRA scaling numerator (default: the rank)")
     gradient_checkpointing: bool = False
     mixed_precision: Literal["no", "bf16"] = Field("no", description="bf16 autocast (GPU)")
-    max_sequence_length: int = Field(77, ge=8, description="flow-matching models: T5 prompt tokens")
+    max_sequence_length: int = Field(77, ge=8, description="flow-matching models: T5 / UMT5 prompt tokens "
+                                                           "(Wan's pipelines: 512)")
+    expert: Literal["high_noise", "low_noise"] | None = Field(
+        None, description="two-expert Wan2.2 models: train the high-noise `transformer` or the low-noise "
+                          "`transformer_2`, on the timesteps that expert denoises (one run per expert)")
     guidance_scale: float = Field(3.5, ge=0, description="guidance-distilled FLUX (FLUX.1-dev, guidance_embeds): "
                                                          "the guidance the transformer is given while training")
     beta: float = Field(500.0, gt=0, description="KL strength (ViPO: 500 for SD1.5/SD3.5/FLUX, 1000 SDXL)")

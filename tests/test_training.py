@@ -309,3 +309,191 @@ def test_resume_trains_on_the_rest_of_the_epoch_in_the_uninterrupted_order(ray_s
     assert sorted(p for e, ps in uninterrupted if e == 0 for p in ps) == sorted(ids)  # every pair once per epoch
     assert seen == [(step, epoch, ps) for step, (epoch, ps) in enumerate(uninterrupted[:8], start=1)]
     assert [int(r["step"]) for r in read_metrics(str(tmp_path / "train" / "cut"))] == list(range(1, 9))
+
+
+# --- Video models (Wan): Diffusion-DPO on 5-D video latents ------------------------------------------------
+
+VIDEO = dict(frames=9, size=32)  # 9 frames = 3 latent frames of Wan's VAE; 32 px = 4x4 latents
+
+
+@pytest.fixture(scope="module")
+def video_pairs(tiny_kit, tmp_path_factory):
+    """A run output with one shard of video pairs (`video_w` / `video_l` MP4s from the tiny Wan T2V, in the
+    image columns' `{bytes, path}` layout, with frames and fps) beside a shard of image pairs."""
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from diffusers import DiffusionPipeline
+
+    from schemas.pair import IMAGE, pair_schema
+    from workers.media import mp4_bytes
+
+    out = tmp_path_factory.mktemp("video-pairs")
+    pipe = DiffusionPipeline.from_pretrained(tiny_kit / "wan-t2v")
+    pipe.set_progress_bar_config(disable=True)
+
+    def video(prompt: str, seed: int) -> dict:
+        frames = pipe(prompt, num_frames=VIDEO["frames"], height=VIDEO["size"], width=VIDEO["size"], num_inference_steps=2,
+                      output_type="np", generator=torch.Generator().manual_seed(seed)).frames[0]
+        return {"bytes": mp4_bytes(frames, 8), "path": None}
+
+    schema = pa.schema([f for f in pair_schema() if f.name not in ("image_w", "image_l")]
+                       + [("video_w", IMAGE), ("video_l", IMAGE), ("frames", pa.int32()), ("fps", pa.float64())])
+    prompts = ["a red ball rolls left", "a dog runs on grass", "waves break on a rock", "a kite rises"]
+    rows = [{"pair_id": f"video-{i}", "category": "motion_quality", "prompt": p, "prompt_id": f"q{i}", "prompt_source": "t",
+             "video_w": video(p, 2 * i), "video_l": video(p, 2 * i + 1), "width": VIDEO["size"], "height": VIDEO["size"],
+             "frames": VIDEO["frames"], "fps": 8.0, "label_source": "vlm_panel", "agreement": 1.0, "confidence": 1.0,
+             "created_at": datetime.now(timezone.utc), "pipeline_version": "t", "config_hash": "h"}
+            for i, p in enumerate(prompts)]
+    path = out / "pairs" / "motion_quality" / "part-r_1-00000-x-000.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    write_shard(out, "composition", 0, [{"pair_id": "image-0"}])  # image pairs: not a video model's data
+    return out
+
+
+def video_cfg(out, model: str, **kw) -> TrainConfig:
+    return TrainConfig(name="v", model=model, output=str(out), lora_rank=4, learning_rate=1e-3, max_sequence_length=32,
+                       data={"paths": [str(out)], "resolution": VIDEO["size"], "num_frames": VIDEO["frames"]}, **kw)
+
+
+def video_batch(out, cfg: TrainConfig) -> dict:
+    """All the video pairs as one numpy batch of decoded pixels, as the trainer is handed them."""
+    import pyarrow.parquet as pq
+
+    from training.data import decode_batch, tensor_column
+
+    table = decode_batch(pq.read_table(next(out.glob("pairs/motion_quality/*.parquet")),
+                                       columns=["pair_id", "prompt", "video_w", "video_l"]), cfg.data, "video")
+    return {"pair_id": table.column("pair_id").to_pylist(), "prompt": table.column("prompt").to_pylist(),
+            "pixels_w": tensor_column(table, "pixels_w"), "pixels_l": tensor_column(table, "pixels_l")}
+
+
+@pytest.mark.parametrize("model,expert", [("wan-t2v", None), ("wan-i2v", None), ("wan2.2-i2v", "low_noise")])
+def test_video_dpo_steps_lower_the_loss_on_a_fixed_batch(video_pairs, tiny_kit, model, expert):
+    from diffusers import DiffusionPipeline
+
+    from training.train import PreferenceTrainer
+
+    cfg = video_cfg(video_pairs, f"tiny:{model}", expert=expert)
+    batch = video_batch(video_pairs, cfg)
+    assert batch["pixels_w"].shape == (4, 3, VIDEO["frames"], VIDEO["size"], VIDEO["size"])
+    trainer = PreferenceTrainer(DiffusionPipeline.from_pretrained(tiny_kit / model), cfg)
+    assert trainer.latents(batch).shape == (8, 16, 3, 4, 4)  # cat([winners, losers]): 5-D video latents
+    losses = [trainer.step(batch, torch.Generator().manual_seed(1))["loss"] for _ in range(5)]
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-5)  # LoRA starts at zero: policy == reference
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < math.log(2) - 0.01, losses
+
+
+def test_video_pairs_share_noise_and_timestep_and_an_expert_trains_its_own_timesteps(tiny_kit, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    from training.models import adapter_for
+
+    latents = torch.randn(6, 16, 3, 4, 4)  # 3 pairs: winners, then losers
+    for expert, inside in (("high_noise", lambda s: s >= 0.9), ("low_noise", lambda s: s < 0.9)):
+        adapter = adapter_for(DiffusionPipeline.from_pretrained(tiny_kit / "wan2.2-i2v"))
+        adapter.configure(video_cfg(tmp_path, "tiny:wan2.2-i2v", expert=expert))
+        noisy, sigma, target = adapter.noise(latents, torch.Generator().manual_seed(0))
+        noise = target + latents
+        assert torch.equal(sigma[:3], sigma[3:]) and len(set(sigma[:3].tolist())) == 3  # per pair, shared in it
+        assert torch.allclose(noise[:3], noise[3:], atol=1e-6) and not torch.allclose(noise[0], noise[1])
+        s = sigma.view(-1, 1, 1, 1, 1)
+        assert torch.allclose(noisy, (1 - s) * latents + s * noise, atol=1e-6)
+        many = adapter.noise(torch.zeros(2000, 1, 1, 1, 1), torch.Generator().manual_seed(1))[1]
+        assert inside(many).all()  # the pipeline hands this expert exactly these timesteps
+        assert adapter.model is adapter.pipe.transformer if expert == "high_noise" else adapter.pipe.transformer_2
+
+
+def test_i2v_conditioning_and_the_latent_cache_are_what_the_pipeline_builds(video_pairs, tiny_kit):
+    """The first-frame condition (mask + latents, 20 channels), the CLIP embedding and the prompt embedding
+    equal what WanImageToVideoPipeline hands its transformer; the latent cache's encoder stores the same."""
+    import pyarrow as pa
+    from diffusers import DiffusionPipeline
+    from PIL import Image
+    from ray.data.extensions import ArrowTensorArray
+
+    from training.data import LatentEncoder, tensor_column
+    from training.models import adapter_for
+
+    cfg = video_cfg(video_pairs, "tiny:wan-i2v")
+    batch = video_batch(video_pairs, cfg)
+    pipe = DiffusionPipeline.from_pretrained(tiny_kit / "wan-i2v")
+    pipe.set_progress_bar_config(disable=True)
+    adapter = adapter_for(pipe)
+    adapter.configure(cfg)
+    seen = {}
+    pipe.transformer.register_forward_pre_hook(lambda module, args, kwargs: seen.update(kwargs), with_kwargs=True)
+    first = ((batch["pixels_w"][0, :, 0].transpose(1, 2, 0) + 1) * 127.5).round().astype(np.uint8)
+    pipe(image=Image.fromarray(first), prompt=batch["prompt"][0], num_frames=VIDEO["frames"], height=VIDEO["size"],
+         width=VIDEO["size"], num_inference_steps=1, guidance_scale=1.0, max_sequence_length=32)
+
+    ours = adapter.encode_conditions(torch.from_numpy(batch["pixels_w"][:1]))
+    assert ours["condition"].shape == (1, 20, 3, 4, 4)
+    assert torch.allclose(seen["hidden_states"][:, 16:], ours["condition"], atol=1e-5)
+    assert torch.allclose(seen["encoder_hidden_states_image"], ours["image_embeds"], atol=1e-5)
+    assert torch.allclose(seen["encoder_hidden_states"], adapter.encode_prompts(batch["prompt"][:1])["encoder_hidden_states"])
+
+    table = pa.table({"pixels_w": ArrowTensorArray.from_numpy(batch["pixels_w"]),
+                      "pixels_l": ArrowTensorArray.from_numpy(batch["pixels_l"])})
+    cached = LatentEncoder(str(tiny_kit / "wan-i2v"))(table)
+    pixels = torch.from_numpy(np.concatenate([batch["pixels_w"], batch["pixels_l"]]))
+    fresh = {"latent": adapter.encode_images(pixels), **adapter.encode_conditions(pixels)}
+    for name, tensor in fresh.items():
+        stored = np.concatenate([tensor_column(cached, f"{name}_w"), tensor_column(cached, f"{name}_l")])
+        assert np.allclose(stored, tensor.numpy(), atol=1e-5), name
+
+
+def test_video_lora_dpo_with_ray_train_and_a_checkpoint_that_reloads(ray_session, video_pairs, tiny_kit, tmp_path):
+    """The real entry: Ray Train, the video latent cache (I2V: with each video's first-frame conditioning),
+    LoRA; the saved LoRA weights load back into the transformer through from_pretrained and PEFT."""
+    from diffusers import WanTransformer3DModel
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    cfg = video_cfg(tmp_path, "tiny:wan-i2v", batch_size=2, max_steps=2, checkpoint_every=2, loss="poly", alpha=1.0)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"paths": [str(video_pairs)], "latent_cache": True})})
+    result = train(cfg)
+    assert result.metrics["step"] == 2
+    rows = read_metrics(str(tmp_path / "v"))
+    assert float(rows[0]["loss"]) == pytest.approx(math.log(2) + 0.5, abs=1e-5)
+    assert all(math.isfinite(float(r["grad_norm"])) for r in rows)
+    with open(tmp_path / "v" / "seen" / "rank-0.csv") as f:
+        seen = {p for r in csv.DictReader(f) for p in r["pair_ids"].split()}
+    assert seen and all(p.startswith("video-") for p in seen)  # the image shard beside them is not read
+    assert [p for p in (video_pairs / "latents").iterdir() if not p.name.startswith(".")]  # trained from the cache
+
+    base = WanTransformer3DModel.from_pretrained(tiny_kit / "wan-i2v", subfolder="transformer")
+    loaded = WanTransformer3DModel.from_pretrained(tiny_kit / "wan-i2v", subfolder="transformer")
+    loaded.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    state = load_file(tmp_path / "v" / "final" / "transformer" / "lora.safetensors")
+    assert not set_peft_model_state_dict(loaded, state).unexpected_keys
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in state.items())  # trained, not the zero init
+    gen = torch.Generator().manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(1, 36, 3, 4, 4, generator=gen), timestep=torch.tensor([500.0]),
+                  encoder_hidden_states=torch.randn(1, 32, 32, generator=gen),
+                  encoder_hidden_states_image=torch.randn(1, 257, 8, generator=gen), return_dict=False)
+    with torch.no_grad():
+        out_base, out_lora = base(**inputs)[0], loaded(**inputs)[0]
+        loaded.disable_adapters()
+        out_off = loaded(**inputs)[0]
+    assert not torch.allclose(out_base, out_lora) and torch.equal(out_base, out_off)
+
+
+def test_video_frame_counts_fail_before_training_in_one_line(video_pairs):
+    from schemas.config import TrainData
+    from training.data import TrainDataError, audit
+
+    assert audit(TrainData(paths=[str(video_pairs)], num_frames=5), media="video").kept == 4
+    with pytest.raises(TrainDataError, match=r"^4 video pairs have fewer than data.num_frames=13 frames \(shortest: 9\)"):
+        audit(TrainData(paths=[str(video_pairs)], num_frames=13), media="video")
+
+
+def test_a_two_expert_wan_without_expert_fails_before_starting_ray(tmp_path):
+    from schemas.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^model tiny:wan2.2-i2v: the model has two experts .*set expert: high_noise "
+                                          r"or low_noise, one run per expert$"):
+        train(video_cfg(tmp_path, "tiny:wan2.2-i2v"))

@@ -1,5 +1,7 @@
 """Pair shards -> a Ray Dataset of training pairs: decoded, resized, center-cropped pixels in [-1, 1], or
 the pairs' VAE latents from a latent cache that is built once, as a Ray Data stage, beside the shards.
+Image models read `image_w` / `image_l` (PNG), video models `video_w` / `video_l` (MP4, decoded to the
+first `num_frames` frames): the same `{bytes, path}` record layout.
 
 Per-category mixture weights subsample categories so the stream follows the weights; label filters drop
 weakly labelled pairs, each filter on the pairs whose label carries its field (`label_fields`); an
@@ -27,9 +29,8 @@ from workers.publish import owned_temps, publish_atomically, remove
 
 log = logging.getLogger("pairforge.train")
 
-IMAGES = ["image_w", "image_l"]
+MEDIA = {"image": ["image_w", "image_l"], "video": ["video_w", "video_l"]}  # media -> winner, loser columns
 LABELS = ["label_source", "agreement", "confidence", "rewards", "ocr"]  # what the label filters read
-COLUMNS = ["pair_id", "category", "prompt", *IMAGES, *LABELS]
 CACHE_FORMAT = 2  # in the latent cache's key: 2 = rows carry the label fields (label_fields)
 FILTERS = ("min_agreement", "min_confidence", "min_reward_margin", "ocr_exact")
 
@@ -38,15 +39,27 @@ class TrainDataError(ValueError):
     """The data cannot be trained on as configured; the message is one line saying what to do."""
 
 
-def pair_files(data: TrainData) -> dict[str, list[str]]:
-    """category -> its pair shards, over every output directory in `data.paths`."""
+def columns(media: str) -> list[str]:
+    return ["pair_id", "category", "prompt", *MEDIA[media], *LABELS]
+
+
+def pair_files(data: TrainData, media: str = "image") -> dict[str, list[str]]:
+    """category -> its pair shards with `media` (image or video pairs), over every output directory in
+    `data.paths`; shards of the other media are left out (a video model trains on the video categories)."""
+    import pyarrow.parquet as pq
+
     files: dict[str, list[str]] = {}
+    other = 0
     for root in data.paths:
         for f in shard_files(Path(root), "pairs"):
             if data.categories is None or f.parent.name in data.categories:
-                files.setdefault(f.parent.name, []).append(str(f))
+                if set(MEDIA[media]) <= set(pq.read_schema(f).names):
+                    files.setdefault(f.parent.name, []).append(str(f))
+                else:
+                    other += 1
     if not files:
-        raise FileNotFoundError(f"no pair shards under {data.paths} (categories: {data.categories or 'all'}); "
+        raise FileNotFoundError(f"no pair shards under {data.paths} (categories: {data.categories or 'all'}) with "
+                                f"{media} columns {', '.join(MEDIA[media])} ({other} shards without them); "
                                 "run `pairforge run CONFIG` first")
     return files
 
@@ -71,16 +84,53 @@ def to_pixels(data: bytes, resolution: int) -> np.ndarray:
     return (np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 127.5) - 1.0
 
 
-def decode_batch(batch: pa.Table, resolution: int) -> pa.Table:
-    """The images -> `pixels_w` / `pixels_l` tensors; every other column passes as is (nulls kept)."""
+def video_pixels(data: bytes, frames: int | None, width: int, height: int) -> np.ndarray:
+    """Encoded video -> (3, F, height, width) float32 in [-1, 1]: its first `frames` frames (all when None),
+    each resized to cover width x height and center-cropped, as images are."""
+    from PIL import Image, ImageOps
+
+    from workers.media import decode_video
+
+    video, _ = decode_video(data)
+    if frames is not None and len(video) < frames:
+        raise TrainDataError(f"a video has {len(video)} frames, fewer than data.num_frames={frames}; "
+                             "lower data.num_frames")
+    if frames is None and len(video) % 4 != 1:
+        raise TrainDataError(f"a video has {len(video)} frames, not 4k + 1 as Wan's VAE needs; set data.num_frames")
+    fitted = [np.asarray(ImageOps.fit(Image.fromarray(f), (width, height), Image.BICUBIC), dtype=np.float32)
+              for f in video[:frames]]
+    return np.stack(fitted).transpose(3, 0, 1, 2) / 127.5 - 1.0
+
+
+def media_size(data: TrainData, media: str) -> int | list:
+    """What the pixels are cut to (named in the latent cache's key): the resolution for images, [frames,
+    width, height] for videos."""
+    if media == "image":
+        return data.resolution
+    return [data.num_frames, data.video_width or data.resolution, data.video_height or data.resolution]
+
+
+def decode_batch(batch: pa.Table, data: TrainData, media: str = "image") -> pa.Table:
+    """The images or videos -> `pixels_w` / `pixels_l` tensors; every other column passes as is (nulls kept)."""
     from ray.data.extensions import ArrowTensorArray
 
-    def pixels(col: str) -> ArrowTensorArray:
-        return ArrowTensorArray.from_numpy(np.stack([to_pixels(img["bytes"], resolution)
-                                                     for img in batch.column(col).to_pylist()]))
+    if media == "image":
+        def decode(b: bytes) -> np.ndarray:
+            return to_pixels(b, data.resolution)
+    else:
+        def decode(b: bytes) -> np.ndarray:
+            return video_pixels(b, *media_size(data, media))
 
-    return batch.drop_columns(IMAGES).append_column("pixels_w", pixels("image_w")) \
-        .append_column("pixels_l", pixels("image_l"))
+    def pixels(col: str) -> ArrowTensorArray:
+        decoded = [decode(item["bytes"]) for item in batch.column(col).to_pylist()]
+        if len({x.shape for x in decoded}) > 1:
+            raise TrainDataError(f"videos of different lengths in one batch ({sorted({x.shape[1] for x in decoded})} "
+                                 "frames); set data.num_frames")
+        return ArrowTensorArray.from_numpy(np.stack(decoded))
+
+    winner, loser = MEDIA[media]
+    return batch.drop_columns(MEDIA[media]).append_column("pixels_w", pixels(winner)) \
+        .append_column("pixels_l", pixels(loser))
 
 
 def label_fields(batch: pa.Table) -> pa.Table:
@@ -132,7 +182,8 @@ def stack_pair(batch: dict, prefix: str):
 
 
 class LatentEncoder:
-    """Ray Data actor: pixels -> VAE latents (the posterior mean, as the trainer would compute them)."""
+    """Ray Data actor: pixels -> VAE latents (the posterior mean, as the trainer would compute them), and
+    for image-to-video models each video's first-frame conditioning (`condition_keys`) beside them."""
 
     def __init__(self, model_path: str):
         from diffusers import DiffusionPipeline
@@ -147,29 +198,36 @@ class LatentEncoder:
         import torch
         from ray.data.extensions import ArrowTensorArray
 
-        pixels = np.concatenate([tensor_column(batch, "pixels_w"), tensor_column(batch, "pixels_l")])
-        latents = self.adapter.encode_images(torch.from_numpy(pixels)).float().numpy()
+        pixels = torch.from_numpy(np.concatenate([tensor_column(batch, "pixels_w"), tensor_column(batch, "pixels_l")]))
+        encoded = {"latent": self.adapter.encode_images(pixels)}
+        if self.adapter.condition_keys:
+            encoded.update(self.adapter.encode_conditions(pixels))
         n = batch.num_rows
-        return batch.drop_columns(["pixels_w", "pixels_l"]) \
-            .append_column("latent_w", ArrowTensorArray.from_numpy(latents[:n])) \
-            .append_column("latent_l", ArrowTensorArray.from_numpy(latents[n:]))
+        batch = batch.drop_columns(["pixels_w", "pixels_l"])
+        for name, tensor in encoded.items():
+            values = tensor.float().numpy()
+            batch = batch.append_column(f"{name}_w", ArrowTensorArray.from_numpy(values[:n])) \
+                .append_column(f"{name}_l", ArrowTensorArray.from_numpy(values[n:]))
+        return batch
 
 
 def tensor_column(batch: pa.Table, name: str) -> np.ndarray:
     return np.concatenate([chunk.to_numpy() for chunk in batch.column(name).chunks])
 
 
-def latent_cache(root: str, files: list[str], model_path: str, data: TrainData, num_gpus: float) -> Path:
-    """`root/latents/<key>/`, built if missing: <key> names the model, the resolution and the exact set of
-    shards, so new shards or another model get their own cache. Rows keep their label fields (unfiltered):
-    the filters apply when training reads the cache. Built under a temporary name and published
-    in one rename (workers/publish.py), so a half-built cache is never read; builders of one key take turns
-    under a file lock, which makes any temporary of that key a killed build's, removed before building."""
+def latent_cache(root: str, files: list[str], model_path: str, data: TrainData, num_gpus: float,
+                 media: str = "image") -> Path:
+    """`root/latents/<key>/`, built if missing: <key> names the model, the size (resolution; for videos
+    frames, width and height) and the exact set of shards, so new shards or another model get their own
+    cache. Rows keep their label fields (unfiltered): the filters apply when training reads the cache. Built
+    under a temporary name and published in one rename (workers/publish.py), so a half-built cache is never
+    read; builders of one key take turns under a file lock, which makes any temporary of that key a killed
+    build's, removed before building."""
     import ray
     from filelock import FileLock
 
-    key = stable_hash("latents", CACHE_FORMAT, model_path, data.resolution, sorted((os.path.basename(f), os.path.getsize(f))
-                                                                       for f in files))
+    shards = sorted((os.path.basename(f), os.path.getsize(f)) for f in files)
+    key = stable_hash("latents", CACHE_FORMAT, model_path, media_size(data, media), shards)
     final = Path(root) / "latents" / key
     if final.exists():
         return final
@@ -180,8 +238,8 @@ def latent_cache(root: str, files: list[str], model_path: str, data: TrainData, 
             return final
         for stale in owned_temps(final.parent, owner):
             remove(stale)
-        ds = ray.data.read_parquet(files, columns=COLUMNS).map_batches(label_fields, batch_format="pyarrow")
-        ds = ds.map_batches(decode_batch, fn_kwargs=dict(resolution=data.resolution), batch_format="pyarrow")
+        ds = ray.data.read_parquet(files, columns=columns(media)).map_batches(label_fields, batch_format="pyarrow")
+        ds = ds.map_batches(decode_batch, fn_kwargs=dict(data=data, media=media), batch_format="pyarrow")
         ds = ds.map_batches(LatentEncoder, fn_constructor_kwargs=dict(model_path=model_path), batch_size=16,
                             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5,
                             num_gpus=num_gpus)
@@ -258,14 +316,37 @@ class DataAudit:
         return "; ".join(lines)
 
 
-def audit(data: TrainData, gaps: dict[str, float] | None = None) -> DataAudit:
+def check_frames(files: list[str], data: TrainData) -> None:
+    """Video pairs: fail before training, in one line, when the records' `frames` say a video is shorter
+    than `data.num_frames`, or (num_frames unset) that the videos cannot be batched as they are."""
+    import pyarrow.parquet as pq
+
+    counts = Counter()
+    for f in files:
+        if "frames" in pq.read_schema(f).names:
+            counts.update(c for c in pq.read_table(f, columns=["frames"]).column("frames").to_pylist() if c is not None)
+    if not counts:
+        return
+    if data.num_frames is not None:
+        short = sum(n for c, n in counts.items() if c < data.num_frames)
+        if short:
+            raise TrainDataError(f"{short} video pairs have fewer than data.num_frames={data.num_frames} frames "
+                                 f"(shortest: {min(counts)}); lower data.num_frames")
+    elif len(counts) > 1 or min(counts) % 4 != 1:
+        raise TrainDataError(f"the video pairs have {', '.join(map(str, sorted(counts)))} frames; set data.num_frames "
+                             f"(4k + 1, at most {min(counts)}) to train on the same first frames of each")
+
+
+def audit(data: TrainData, gaps: dict[str, float] | None = None, media: str = "image") -> DataAudit:
     """Streams the shards' label columns (no images) through the filters and the gap lookup; logs what
     each filter drops per label source. Pairs without a gap: `missing_gap: error` raises TrainDataError
     naming how many and the first ids, `drop` logs the count (the pipeline drops them)."""
     import pyarrow.parquet as pq
 
     result = DataAudit()
-    for files in pair_files(data).values():
+    if media == "video":
+        check_frames([f for fs in pair_files(data, media).values() for f in fs], data)
+    for files in pair_files(data, media).values():
         for f in files:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=65536, columns=["pair_id", *LABELS]):
                 result.add(label_fields(pa.Table.from_batches([batch])), data, gaps)
@@ -284,24 +365,24 @@ def audit(data: TrainData, gaps: dict[str, float] | None = None) -> DataAudit:
 
 
 def training_pairs(data: TrainData, model_path: str, num_gpus: float = 0.0, seed: int = 0,
-                   gaps: dict[str, float] | None = None):
+                   gaps: dict[str, float] | None = None, media: str = "image"):
     """Streaming dataset of training pairs from the shards named by `data`, its blocks in a seeded random
     order (otherwise a mixture would arrive one category after another). `gaps`: `load_gaps(data)`, when
-    the caller has it already."""
+    the caller has it already. `media`: the model's (`training.models.model_media`)."""
     import pyarrow.parquet as pq
     import ray
     from ray.data.expressions import col
 
-    files = pair_files(data)
+    files = pair_files(data, media)
     rows = {c: sum(pq.ParquetFile(f).metadata.num_rows for f in fs) for c, fs in files.items()}
     if data.latent_cache:
         caches = [latent_cache(root, [f for fs in files.values() for f in fs if Path(f).is_relative_to(Path(root))],
-                               model_path, data, num_gpus) for root in data.paths]
+                               model_path, data, num_gpus, media) for root in data.paths]
         cached = ray.data.read_parquet([str(c) for c in caches])
     parts = []
     for category, fraction in mixture_fractions(rows, data.categories).items():
         part = cached.filter(expr=col("category") == category) if data.latent_cache \
-            else ray.data.read_parquet(files[category], columns=COLUMNS).map_batches(label_fields, batch_format="pyarrow")
+            else ray.data.read_parquet(files[category], columns=columns(media)).map_batches(label_fields, batch_format="pyarrow")
         parts.append(part if fraction >= 1.0 else part.random_sample(fraction, seed=0))
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     ds = ds.randomize_block_order(seed=seed)
@@ -310,7 +391,7 @@ def training_pairs(data: TrainData, model_path: str, num_gpus: float = 0.0, seed
         ds = ds.map_batches(attach_gaps, fn_kwargs=dict(gaps=load_gaps(data) if gaps is None else gaps,
                                                         drop_missing=data.missing_gap == "drop"), batch_format="pyarrow")
     if not data.latent_cache:
-        ds = ds.map_batches(decode_batch, fn_kwargs=dict(resolution=data.resolution), batch_format="pyarrow")
+        ds = ds.map_batches(decode_batch, fn_kwargs=dict(data=data, media=media), batch_format="pyarrow")
     return ds
 
 

@@ -1,4 +1,4 @@
-"""Ray Train SFT and Diffusion-DPO / Poly-DPO: `pairforge train CONFIG`.
+"""Ray Train SFT and Diffusion-DPO / Poly-DPO: `pairforge train CONFIG`, on image models and Wan video models.
 
 A `TorchTrainer` runs `train_loop` on N workers (gloo on CPU, NCCL on GPU); each streams its shard of
 the pairs (`ray.train.get_dataset_shard`). Stage `sft` fits the denoising loss on winners; stage `dpo`
@@ -53,9 +53,7 @@ class PreferenceTrainer:
     def __init__(self, pipe, cfg: TrainConfig, device: str = "cpu"):
         self.cfg, self.device = cfg, device
         self.adapter = adapter_for(pipe)
-        if hasattr(self.adapter, "max_sequence_length"):
-            self.adapter.max_sequence_length = cfg.max_sequence_length
-            self.adapter.guidance_scale = cfg.guidance_scale
+        self.adapter.configure(cfg)
         pipe.to(device)
         self.policy = self.adapter.model
         if cfg.init_checkpoint:
@@ -102,17 +100,29 @@ class PreferenceTrainer:
             return stack_pair(batch, "latent").to(self.device)
         return self.adapter.encode_images(stack_pair(batch, "pixels").to(self.device))
 
+    def media_conditions(self, batch: dict) -> dict:
+        """cat([winners, losers]) of each video's own conditioning (image-to-video: its first frame), from
+        the latent cache or computed on the fly; {} for models conditioned on the prompt alone."""
+        keys = self.adapter.condition_keys
+        if not keys:
+            return {}
+        if "latent_w" in batch:
+            return {k: stack_pair(batch, k).to(self.device) for k in keys}
+        return self.adapter.encode_conditions(stack_pair(batch, "pixels").to(self.device))
+
     def loss(self, batch: dict, rng: torch.Generator) -> tuple[torch.Tensor, dict]:
         a, cfg = self.adapter, self.cfg
         latents = self.latents(batch)
         cond = a.encode_prompts(list(batch["prompt"]))
+        media = self.media_conditions(batch)
         with self._autocast():
             if cfg.stage == "sft":
                 winners = latents[: latents.shape[0] // 2]
+                cond.update({k: v[: v.shape[0] // 2] for k, v in media.items()})
                 noisy, t, target = a.noise(winners, rng, paired=False)
                 loss = per_sample_mse(a.predict(self.model, noisy, t, cond), target).mean()
                 return loss, {}
-            cond = repeat_cond(cond, 2)
+            cond = {**repeat_cond(cond, 2), **media}
             noisy, t, target = a.noise(latents, rng, paired=True)
             err_w, err_l = per_sample_mse(a.predict(self.model, noisy, t, cond), target).chunk(2)
             with torch.no_grad(), self.reference_model() as reference:
@@ -288,21 +298,28 @@ def truncate_log(path: Path, step: int) -> None:
 
 def train(cfg: TrainConfig):
     """Fit (or resume) the run `cfg.name` under `cfg.output`; returns the Ray Train `Result`. The final
-    weights are also copied to `OUTPUT/NAME/final/<unet|transformer>`. Raises TrainDataError before
-    starting Ray when the data cannot be trained on, TrainingHalted when a step's loss is not finite."""
+    weights are also copied to `OUTPUT/NAME/final/<unet|transformer|transformer_2>`. Raises TrainDataError
+    before starting Ray when the data cannot be trained on, ConfigError when the model cannot be trained as
+    configured (a two-expert Wan2.2 without `expert`), TrainingHalted when a step's loss is not finite."""
     import ray.train
     from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipelines.run import init_ray
+    from schemas.config import ConfigError
     from training.data import audit, ingest_options, load_gaps, training_pairs
+    from training.models import model_media, pipeline_config
     from workers.model_refs import resolve_model_ref
 
     for k, v in {**WORKER_ENV, **cfg.ray.env_vars}.items():
         os.environ.setdefault(k, v)
     model_path = resolve_model_ref(cfg.model)
+    try:
+        media = model_media(pipeline_config(model_path), cfg.expert)
+    except ValueError as e:
+        raise ConfigError(f"model {cfg.model}: {e}") from None
     gaps = load_gaps(cfg.data)
-    audit(cfg.data, gaps)  # fail before starting Ray when there is nothing to train on, or a gap is missing
+    audit(cfg.data, gaps, media)  # fail before starting Ray when there is nothing to train on, or a gap is missing
     init_ray(cfg.ray)
     run_dir = Path(cfg.output).resolve() / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -315,7 +332,7 @@ def train(cfg: TrainConfig):
         run_config=RunConfig(name="ray", storage_path=str(run_dir),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets={"train": training_pairs(cfg.data, model_path, num_gpus=1.0 if cfg.use_gpu else 0.0, seed=cfg.seed,
-                                          gaps=gaps)},
+                                          gaps=gaps, media=media)},
         dataset_config=DataConfig(execution_options=ingest_options()),
     )
     try:
