@@ -11,7 +11,7 @@ best-of-N rows cand_gens, cand_seeds (JSON lists), cand_images (PNG bytes), cand
 score_judges (comma-separated, like judges). Video rows (categories with media "video"): frame_a/frame_b (PNG,
 the first frame each side's video starts from), video_a/video_b (MP4 bytes, written by the video generators),
 frame_gen/seed_frame (the image generator that draws a shared first frame from `prompt`, when the row has
-none), parent_pair_id (the image pair a derived row animates).
+none), parent_pair_id (the image pair a derived row animates), motion_prompt, alignment_kind.
 stage_error: the pool that failed on the row (pipelines/stages.py), which makes it an error record.
 """
 
@@ -51,10 +51,11 @@ WORK_COLUMNS = {
     "ocr": pa.string(), "cand_gens": pa.string(), "cand_seeds": pa.string(), "cand_images": pa.list_(pa.binary()),
     "cand_scores": pa.string(), "score_judges": pa.string(), "frame_a": pa.binary(), "frame_b": pa.binary(),
     "video_a": pa.binary(), "video_b": pa.binary(), "frame_gen": pa.string(), "seed_frame": pa.int64(),
-    "parent_pair_id": pa.string(),
+    "parent_pair_id": pa.string(), "motion_prompt": pa.string(), "alignment_kind": pa.string(),
 }
 # Planned extras that decide a pair's content, hashed into its pair id with the side specs.
-_HASHED_EXTRAS = ("perturber", "edit_k", "edit_dimensions", "required_text", "parent_pair_id", "frame")
+_HASHED_EXTRAS = ("perturber", "edit_k", "edit_dimensions", "required_text", "parent_pair_id", "frame", "motion_prompt",
+                  "alignment_kind")
 
 
 def derive_seed(run_seed: int, prompt_id: str, salt: str = "") -> int:
@@ -116,6 +117,7 @@ def plan_table(cfg: RunConfig, category: str, rows: list[dict]) -> pa.Table:
             "ocr_engine": r.get("ocr_engine"),
             "required_text": json.dumps(r["required_text"]) if r.get("required_text") is not None else None,
             "frame_a": r.get("frame_a"), "frame_b": r.get("frame_b"), "parent_pair_id": r.get("parent_pair_id"),
+            "motion_prompt": r.get("motion_prompt"), "alignment_kind": r.get("alignment_kind"),
             "frame_gen": r["frame"]["generator"] if r.get("frame") else None,
             "seed_frame": r["frame"]["seed"] if r.get("frame") else None,
         })

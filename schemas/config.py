@@ -342,6 +342,12 @@ class RunConfig(Strict):
                 raise ValueError(f"{where}.generators: {cat} pairs are {category.media}s; {', '.join(wrong)} "
                                  f"{'is' if len(wrong) == 1 else 'are'} not {category.media} generator(s) "
                                  f"(video generators set num_frames)")
+            frame_generator = getattr(c, "frame_generator", None)
+            if frame_generator is not None:
+                f, v = self.generators[frame_generator], self.generators[c.generators[0]]
+                if f.media != "image" or (f.width, f.height) != (v.width, v.height):
+                    raise ValueError(f"{where}.frame_generator: {frame_generator} must be an image generator of the "
+                                     f"videos' size {v.width}x{v.height} (it draws their first frame)")
             sizes = {(self.generators[g].width, self.generators[g].height) for g in c.generators}
             if len(sizes) > 1:
                 raise ValueError(f"{where}.generators: a pair compares images of one size; got {sorted(sizes)}")
