@@ -148,7 +148,7 @@ def parent_pairs(cfg: RunConfig, name: str, category):
         log.info("%s: no decided pairs of %s in %s yet: nothing to animate", name,
                  ", ".join(category.parent_categories(cfg)) or "(no parent category)", root)
         return None
-    return ray.data.read_parquet(files, columns=PARENT_COLUMNS)
+    return ray.data.read_parquet(files).select_columns(PARENT_COLUMNS)
 
 
 def plan(cfg: RunConfig, kept, store: OutputStore, names: list[str] | None = None) -> tuple[list, dict[str, int]]:
