@@ -218,12 +218,21 @@ def _execute(cfg: RunConfig, phase_cfg: RunConfig, store: OutputStore, run_id: s
 
 
 def merge_costs(first: dict, second: dict) -> dict:
-    """Two phases' cost summaries as one: their stages (a pool both used: the second phase's), categories and
-    busy seconds side by side, the bottleneck the busier of the two."""
-    merged = {k: {**first[k], **second[k]} for k in ("stages", "s_per_pair", "pairs", "busy_by_category")}
+    """Two phases' cost summaries (progress.cost_summary) as one. A pool both phases ran (a video generator
+    used by a category of each) adds up its batches, rows and seconds and keeps the busier phase's
+    utilisation; categories differ between phases; the bottleneck is the busier of the two phases'."""
+    stages = {**first["stages"], **second["stages"]}
+    for stage in first["stages"].keys() & second["stages"].keys():
+        a, b = first["stages"][stage], second["stages"][stage]
+        summed = {k: round(a[k] + b[k], 3) for k in ("actors", "batches", "rows", "busy_s", "gpu_s")}
+        stages[stage] = {**summed, "s_per_row": round(summed["busy_s"] / summed["rows"], 4) if summed["rows"] else None,
+                         "utilisation": max(a, b, key=lambda x: x["busy_s"])["utilisation"]}
+    busy = {s: {**first["busy_by_category"].get(s, {}), **second["busy_by_category"].get(s, {})}
+            for s in first["busy_by_category"].keys() | second["busy_by_category"].keys()}
     ranked = [b for b in (first["bottleneck"], second["bottleneck"]) if b]
-    merged["bottleneck"] = max(ranked, key=lambda b: merged["stages"][b]["utilisation"] or 0) if ranked else None
-    return merged
+    return {"stages": stages, "s_per_pair": {**first["s_per_pair"], **second["s_per_pair"]},
+            "pairs": {**first["pairs"], **second["pairs"]}, "busy_by_category": busy,
+            "bottleneck": max(ranked, key=lambda b: stages[b]["utilisation"] or 0) if ranked else None}
 
 
 def _run(cfg: RunConfig, store: OutputStore, run_id: str, config_path: str | None) -> dict:

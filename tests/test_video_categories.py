@@ -45,6 +45,23 @@ def test_motion_quality_label_is_the_score_gap_within_the_band():
     assert score_label([score("j1", "a", 9.0), score("j2", "a", 6.0), score("j2", "b", 5.0)], 0.5, 4.0).winner == "a"
 
 
+def test_two_phases_costs_add_up_for_a_pool_both_ran():
+    from pipelines.run import merge_costs
+
+    def cost(stage_busy: dict, category: str, util: float) -> dict:
+        stages = {s: {"actors": 1, "batches": 1, "rows": 2, "busy_s": b, "gpu_s": 0.0, "s_per_row": b / 2,
+                      "utilisation": util} for s, b in stage_busy.items()}
+        return {"stages": stages, "s_per_pair": {category: {s: b / 2 for s, b in stage_busy.items()}},
+                "pairs": {category: 2}, "busy_by_category": {s: {category: b} for s, b in stage_busy.items()},
+                "bottleneck": next(iter(stage_busy))}
+
+    merged = merge_costs(cost({"generator:wan": 1.0, "judge:a": 3.0}, "motion_quality", 0.4),
+                         cost({"generator:wan": 4.0}, "visual_quality", 0.9))
+    assert merged["stages"]["generator:wan"]["busy_s"] == 5.0 and merged["stages"]["generator:wan"]["rows"] == 4
+    assert merged["busy_by_category"]["generator:wan"] == {"motion_quality": 1.0, "visual_quality": 4.0}
+    assert merged["bottleneck"] == "generator:wan" and set(merged["pairs"]) == {"motion_quality", "visual_quality"}
+
+
 def demo_config(tmp_path: Path, **sets) -> RunConfig:
     return load_run_config(DEMO, {"output.path": str(tmp_path / "out"), **sets})
 
