@@ -143,9 +143,11 @@ class VideoGenerator:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = {c: column(batch, c) for c in self.output_columns}
-        jobs = [(i, side, column(batch, f"prompt_{side}")[i], column(batch, f"seed_{side}")[i],
-                 column(batch, f"frame_{side}")[i])
-                for side in ("a", "b") for i, g in enumerate(column(batch, f"gen_{side}")) if g == self.name]
+        # jobs: (row, side, prompt, seed, first frame or None) for the sides that name this generator.
+        jobs = [(i, side, p, seed, frame) for side in ("a", "b")
+                for i, (g, p, seed, frame) in enumerate(zip(*(column(batch, f"{c}_{side}")
+                                                              for c in ("gen", "prompt", "seed", "frame"))))
+                if g == self.name]
         text_only = [j for j in jobs if j[4] is None and not self.image_to_video]
         # Text-to-video batches like images; the image-to-video pipelines take one first frame per call.
         for start in range(0, len(text_only), self.cfg.batch_size):
