@@ -143,6 +143,9 @@ def parent_pairs(cfg: RunConfig, name: str, category):
     """A derived category's input, the decided pairs of its parent categories (in `parents_from`, else in the
     run's output), as a Ray Dataset; None when there are none."""
     root = cfg.categories[name].parents_from or cfg.output.path
+    if not Path(root).is_dir():  # only a given parents_from can be missing: the run's own output exists by now
+        raise ConfigError(f"categories.{name}.parents_from: {root} is not a directory; give the output directory of "
+                          "a pairforge run (the one holding pairs/), or leave it unset to use this run's output")
     files = [str(f) for parent in category.parent_categories(cfg) for f in shard_files(Path(root), "pairs", parent)]
     if not files:
         log.info("%s: no decided pairs of %s in %s yet: nothing to animate", name,

@@ -143,6 +143,14 @@ def test_bad_video_config_is_one_clear_error(tmp_path, key, value, error):
         demo_config(tmp_path, **{key: value})
 
 
+def test_parents_from_a_missing_directory_is_one_clear_error(tmp_path):
+    from pipelines.run import parent_pairs
+
+    cfg = demo_config(tmp_path, **{"categories.visual_quality.parents_from": str(tmp_path / "nowhere")})
+    with pytest.raises(ConfigError, match="visual_quality.parents_from: .*nowhere is not a directory"):
+        parent_pairs(cfg, "visual_quality", get_category("visual_quality"))
+
+
 @pytest.fixture(scope="module")
 def video_demo(ray_session, tmp_path_factory):
     from pipelines.run import run
