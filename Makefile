@@ -16,12 +16,15 @@ $(STAMP): pyproject.toml scripts/setup_venv.sh
 
 # Embedded default: tiny models, local Ray, bundled prompts -> pair shards, manifest, stats and an HTML
 # report, a Hub-ready release of them (out/demo-release, rebuilt each time), then a few Diffusion-DPO
-# steps on them -> a checkpoint. Re-running adds nothing that exists.
+# steps on them -> a checkpoint; then the video categories on tiny Wan models (out/demo-video: a few image
+# pairs, and the videos animated from them). Re-running adds nothing that exists.
 demo: $(STAMP)
 	$(BIN)/pairforge run configs/demo.yaml
 	$(BIN)/pairforge stats out/demo --html out/demo/report.html
 	$(BIN)/pairforge release out/demo out/demo-release --config configs/release_demo.yaml --overwrite
 	$(BIN)/pairforge train configs/demo_train.yaml
+	$(BIN)/pairforge run configs/demo_video.yaml
+	$(BIN)/pairforge stats out/demo-video --html out/demo-video/report.html
 
 test: $(STAMP) browser
 	$(BIN)/pytest tests

@@ -8,7 +8,10 @@ Working columns: pair_id, category, prompt, prompt_id, prompt_source, gen_a/gen_
 "" for an existing image), prompt_a/prompt_b, seed_a/seed_b, image_a/image_b (PNG bytes), judges,
 reward_models, perturber, edit_k, edit_dimensions, ocr_engine, required_text, ocr (JSON strings), and for
 best-of-N rows cand_gens, cand_seeds (JSON lists), cand_images (PNG bytes), cand_scores (JSON, per model);
-score_judges (comma-separated, like judges).
+score_judges (comma-separated, like judges). Video rows (categories with media "video"): frame_a/frame_b (PNG,
+the first frame each side's video starts from), video_a/video_b (MP4 bytes, written by the video generators),
+frame_gen/seed_frame (the image generator that draws a shared first frame from `prompt`, when the row has
+none), parent_pair_id (the image pair a derived row animates), motion_prompt, alignment_kind.
 stage_error: the pool that failed on the row (pipelines/stages.py), which makes it an error record.
 """
 
@@ -46,8 +49,13 @@ WORK_COLUMNS = {
     "image_b": pa.binary(), "judges": pa.string(), "reward_models": pa.string(), "perturber": pa.string(),
     "edit_k": pa.int64(), "edit_dimensions": pa.string(), "ocr_engine": pa.string(), "required_text": pa.string(),
     "ocr": pa.string(), "cand_gens": pa.string(), "cand_seeds": pa.string(), "cand_images": pa.list_(pa.binary()),
-    "cand_scores": pa.string(), "score_judges": pa.string(),
+    "cand_scores": pa.string(), "score_judges": pa.string(), "frame_a": pa.binary(), "frame_b": pa.binary(),
+    "video_a": pa.binary(), "video_b": pa.binary(), "frame_gen": pa.string(), "seed_frame": pa.int64(),
+    "parent_pair_id": pa.string(), "motion_prompt": pa.string(), "alignment_kind": pa.string(),
 }
+# Planned extras that decide a pair's content, hashed into its pair id with the side specs.
+_HASHED_EXTRAS = ("perturber", "edit_k", "edit_dimensions", "required_text", "parent_pair_id", "frame", "motion_prompt",
+                  "alignment_kind")
 
 
 def derive_seed(run_seed: int, prompt_id: str, salt: str = "") -> int:
@@ -58,8 +66,11 @@ def derive_seed(run_seed: int, prompt_id: str, salt: str = "") -> int:
 def side_spec(cfg: RunConfig, generator: str, prompt: str | None, seed: int) -> dict:
     """Everything that decides one side's image, hashed into the pair id."""
     g = cfg.generators[generator]
-    return {"generator": generator, "model": g.model, "width": g.width, "height": g.height, "steps": g.steps,
+    spec = {"generator": generator, "model": g.model, "width": g.width, "height": g.height, "steps": g.steps,
             "guidance_scale": g.guidance_scale, "call_kwargs": g.call_kwargs, "prompt": prompt, "seed": seed}
+    if g.media == "video":  # only then: image pairs keep the ids they had before video existed
+        spec.update(num_frames=g.num_frames, fps=g.fps)
+    return spec
 
 
 def fit_image(data: bytes, width: int, height: int) -> bytes:
@@ -74,8 +85,9 @@ def fit_image(data: bytes, width: int, height: int) -> bytes:
 def plan_table(cfg: RunConfig, category: str, rows: list[dict]) -> pa.Table:
     """Working rows from planned pairs. Each `rows` item has the prompt fields plus `a` and `b` side specs
     (`a` is None for an existing image, which the item then carries as `image_a`) and optional extras
-    (perturber, edit_k, prompt_b, edit_dimensions, ocr_engine, required_text). Extras that decide the
-    pair's content go into the pair id."""
+    (perturber, edit_k, prompt_b, edit_dimensions, ocr_engine, required_text; for video rows frame_a,
+    frame_b, parent_pair_id, and `frame`, the side spec of a first frame to draw). Extras that decide the
+    pair's content (`_HASHED_EXTRAS`) go into the pair id."""
     ccfg = cfg.categories[category]
     judges = ",".join(cfg.panels[ccfg.panel].judges) if ccfg.panel else ""
     out = []
@@ -90,7 +102,7 @@ def plan_table(cfg: RunConfig, category: str, rows: list[dict]) -> pa.Table:
             })
             continue
         a, b = r["a"], r["b"]
-        extra = {k: r[k] for k in ("perturber", "edit_k", "edit_dimensions", "required_text") if r.get(k) is not None}
+        extra = {k: r[k] for k in _HASHED_EXTRAS if r.get(k) is not None}
         spec = {"a": a if a is not None else {"existing": r["prompt_source"]}, "b": b, **extra}
         out.append({
             "pair_id": make_pair_id(category, r["prompt_id"], spec), "category": category, "prompt": r["prompt"],
@@ -104,6 +116,10 @@ def plan_table(cfg: RunConfig, category: str, rows: list[dict]) -> pa.Table:
             "edit_dimensions": json.dumps(r["edit_dimensions"]) if r.get("edit_dimensions") is not None else None,
             "ocr_engine": r.get("ocr_engine"),
             "required_text": json.dumps(r["required_text"]) if r.get("required_text") is not None else None,
+            "frame_a": r.get("frame_a"), "frame_b": r.get("frame_b"), "parent_pair_id": r.get("parent_pair_id"),
+            "motion_prompt": r.get("motion_prompt"), "alignment_kind": r.get("alignment_kind"),
+            "frame_gen": r["frame"]["generator"] if r.get("frame") else None,
+            "seed_frame": r["frame"]["seed"] if r.get("frame") else None,
         })
     return pa.Table.from_pylist(out, schema=pa.schema(WORK_COLUMNS))
 
@@ -122,8 +138,25 @@ def generator_record(cfg: RunConfig, name: str, seed: int, source: str) -> dict:
             "guidance_scale": g.guidance_scale, "params": json.dumps(g.call_kwargs, sort_keys=True)}
 
 
-def _image(data: bytes, pair_id: str, tag: str) -> dict:
-    return {"bytes": data, "path": f"{pair_id}-{tag}.png"}
+def _image(data: bytes | None, pair_id: str, tag: str) -> dict | None:
+    return {"bytes": data, "path": f"{pair_id}-{tag}.png"} if data is not None else None
+
+
+def _video(data: bytes, pair_id: str, tag: str) -> dict:
+    return {"bytes": data, "path": f"{pair_id}-{tag}.mp4"}
+
+
+def _media(row: dict, video: bool) -> tuple[dict, dict]:
+    """Per working side, what the record stores: image pairs their images; video pairs their videos and, as
+    `image_*`, the first frames they were animated from. And the pair's size (and frames, fps)."""
+    if not video:
+        width, height = _image_size(row["image_b"])
+        return {s: {"image": row[f"image_{s}"]} for s in "ab"}, {"width": width, "height": height}
+    from workers.media import video_info
+
+    info = video_info(row["video_b"])
+    return ({s: {"image": row.get(f"frame_{s}"), "video": row[f"video_{s}"]} for s in "ab"},
+            {"width": info.width, "height": info.height, "frames": info.frames, "fps": info.fps})
 
 
 def _json(value, default):
@@ -142,19 +175,21 @@ def build_records(rows: list[dict], cfg: RunConfig, category: Category, schema: 
                   "prompt_id": row["prompt_id"], "prompt_source": row["prompt_source"], "created_at": now,
                   "pipeline_version": PIPELINE_VERSION, "config_hash": config_hash}
         errors = [e for e in (row.get("stage_error"), row.get("error_a"), row.get("error_b")) if e]
-        if errors or row.get("image_a") is None or row.get("image_b") is None:
-            out.append({**common, "_kind": "errors", "error": "; ".join(errors) or "image missing"})
+        video = category.media == "video"
+        media_col = "video" if video else "image"
+        if errors or row.get(f"{media_col}_a") is None or row.get(f"{media_col}_b") is None:
+            out.append({**common, "_kind": "errors", "error": "; ".join(errors) or f"{media_col} missing"})
             continue
         gen = {s: generator_record(cfg, row[f"gen_{s}"], row[f"seed_{s}"], row["prompt_source"]) for s in ("a", "b")}
-        width, height = _image_size(row["image_b"])
-        details = {"width": width, "height": height, "votes": _json(row.get("votes"), [])}
+        media, size = _media(row, video)
+        details = {**size, "votes": _json(row.get("votes"), [])}
         scores = _json(row.get("scores"), None)
         label = category.label(row, cfg)
         if label.winner is None:
             out.append({**common, **details, **category.record_values(row, {"a": "a", "b": "b"}), "_kind": "undecided",
                         "reason": label.reason, "prompt_b": row["prompt_b"] if row["prompt_b"] != row["prompt"] else None,
-                        "image_a": _image(row["image_a"], row["pair_id"], "a"),
-                        "image_b": _image(row["image_b"], row["pair_id"], "b"),
+                        **{f"{k}_{s}": (_video if k == "video" else _image)(v, row["pair_id"], s)
+                           for s in "ab" for k, v in media[s].items()},
                         "generator_a": gen["a"], "generator_b": gen["b"], "scores": _scores(scores, {"a": "a", "b": "b"})})
             continue
         w, lo = label.winner, "b" if label.winner == "a" else "a"
@@ -167,8 +202,8 @@ def build_records(rows: list[dict], cfg: RunConfig, category: Category, schema: 
                     "rewards": rewards,
                     "reward_consistent": pair_reward_consistency(rewards),
                     "prompt_l": loser_prompt if loser_prompt != row["prompt"] else None,
-                    "image_w": _image(row[f"image_{w}"], row["pair_id"], "w"),
-                    "image_l": _image(row[f"image_{lo}"], row["pair_id"], "l"),
+                    **{f"{k}_{tag}": (_video if k == "video" else _image)(v, row["pair_id"], tag)
+                       for s, tag in ((w, "w"), (lo, "l")) for k, v in media[s].items()},
                     "generator_w": gen[w], "generator_l": gen[lo], "scores": _scores(scores, {w: "w", lo: "l"}),
                     "candidates": row.get("candidates")})
     return pa.Table.from_pylist(out, schema=schema)

@@ -25,9 +25,10 @@ def claims(category: str, cfg: RunConfig, row: dict) -> bool:
 
 def route(row: dict, cfg: RunConfig, categories: dict[str, Category]) -> str | None:
     """The one category a prompt goes to: among the categories that claim it and whose filter accepts
-    it, a stable pick by prompt id (so a prompt is never reused across categories, and a re-run routes
-    it the same way)."""
-    takers = [c for c in cfg.categories if claims(c, cfg, row) and categories[c].accepts(row, cfg)]
+    it (derived categories take pairs, not prompts), a stable pick by prompt id (so a prompt is never
+    reused across categories, and a re-run routes it the same way)."""
+    takers = [c for c in cfg.categories
+              if not categories[c].derived and claims(c, cfg, row) and categories[c].accepts(row, cfg)]
     if not takers:
         return None
     return takers[int(stable_hash("route", row["prompt_id"]), 16) % len(takers)]

@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 from importlib import metadata
+from pathlib import Path
 
 import pyarrow as pa
 import ray
@@ -26,7 +27,7 @@ from pipelines.records import WORK_COLUMNS, build_records, row_schema
 from pipelines.routing import run_categories
 from pipelines.stages import apply_worker_pools, model_refs, pool_specs
 from pipelines.stats import write_stats
-from pipelines.store import OutputStore, ShardSink, new_run_id
+from pipelines.store import OutputStore, ShardSink, new_run_id, shard_files
 from schemas.config import ConfigError, RayConfig, RunConfig
 from schemas.pair import PIPELINE_VERSION
 from workers.model_refs import resolve_model_ref
@@ -132,21 +133,44 @@ def as_work_rows(batch: pa.Table) -> pa.Table:
     return batch.select(WORK_SCHEMA.names).cast(WORK_SCHEMA)
 
 
-def plan(cfg: RunConfig, kept, store: OutputStore) -> tuple[list, dict[str, int]]:
-    """Per category, the planned pairs no shard holds yet, at most `target_pairs` minus the pairs already
-    decided: (the non-empty work lists, materialized; planned counts). Counts come from the shards'
-    footers; the done ids are anti-joined in Ray Data (one join for all categories), never loaded here."""
+# What a derived category reads of its parent pairs (schemas/pair.py).
+PARENT_COLUMNS = ["pair_id", "category", "prompt", "prompt_id", "prompt_source", "prompt_l", "image_w", "image_l",
+                  "label_source", "agreement", "votes"]
+
+
+def parent_pairs(cfg: RunConfig, name: str, category):
+    """A derived category's input, the decided pairs of its parent categories (in `parents_from`, else in the
+    run's output), as a Ray Dataset; None when there are none."""
+    root = cfg.categories[name].parents_from or cfg.output.path
+    if not Path(root).is_dir():  # only a given parents_from can be missing: the run's own output exists by now
+        raise ConfigError(f"categories.{name}.parents_from: {root} is not a directory; give the output directory of "
+                          "a pairforge run (the one holding pairs/), or leave it unset to use this run's output")
+    files = [str(f) for parent in category.parent_categories(cfg) for f in shard_files(Path(root), "pairs", parent)]
+    if not files:
+        log.info("%s: no decided pairs of %s in %s yet: nothing to animate", name,
+                 ", ".join(category.parent_categories(cfg)) or "(no parent category)", root)
+        return None
+    return ray.data.read_parquet(files).select_columns(PARENT_COLUMNS)
+
+
+def plan(cfg: RunConfig, kept, store: OutputStore, names: list[str] | None = None) -> tuple[list, dict[str, int]]:
+    """Per category of `names`, the planned pairs no shard holds yet, at most `target_pairs` minus the pairs
+    already decided: (the non-empty work lists, materialized; planned counts). Counts come from the shards'
+    footers; the done ids are anti-joined in Ray Data (one join for all categories), never loaded here.
+    Categories (default: all) plan from their routed prompts, derived ones from their parent pairs."""
+    names = list(cfg.categories) if names is None else names
     decided, undecided = store.decided_counts(), store.row_counts("undecided")
     log.info("output holds %d decided and %d undecided pairs", sum(decided.values()), sum(undecided.values()))
-    remaining = {c: None if ccfg.target_pairs is None else ccfg.target_pairs - decided.get(c, 0)
-                 for c, ccfg in cfg.categories.items()}
-    active = [c for c, n in remaining.items() if n is None or n > 0]
-    planned = dict.fromkeys(cfg.categories, 0)
+    remaining = {c: None if cfg.categories[c].target_pairs is None else cfg.categories[c].target_pairs - decided.get(c, 0)
+                 for c in names}
+    planned = dict.fromkeys(names, 0)
+    categories = run_categories(cfg)
+    inputs = {c: parent_pairs(cfg, c, categories[c]) if categories[c].derived else kept.filter(expr=col("category") == c)
+              for c, n in remaining.items() if n is None or n > 0}
+    active = [c for c, ds in inputs.items() if ds is not None]
     if not active:
         return [], planned
-    categories = run_categories(cfg)
-    parts = [kept.filter(expr=col("category") == c).map_batches(categories[c].plan, fn_kwargs=dict(cfg=cfg),
-                                                                 batch_format="numpy") for c in active]
+    parts = [inputs[c].map_batches(categories[c].plan, fn_kwargs=dict(cfg=cfg), batch_format="numpy") for c in active]
     todo = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     done_rows = sum(decided.get(c, 0) + undecided.get(c, 0) for c in active)
     if done_rows:
@@ -162,6 +186,55 @@ def plan(cfg: RunConfig, kept, store: OutputStore) -> tuple[list, dict[str, int]
         if planned[category]:
             branches.append(of_category)
     return branches, planned
+
+
+def _execute(cfg: RunConfig, phase_cfg: RunConfig, store: OutputStore, run_id: str, branches: list,
+             planned: dict[str, int], model_paths: dict[str, str], env: dict, marker_nonce: str) -> tuple[list, dict, dict]:
+    """Run planned work lists through the pools of `phase_cfg` (the run's config, restricted to the categories
+    of this phase, so no pool loads a model the phase does not use) into shards; label with `cfg` (its config
+    hash). Returns the shards written, timing and cost."""
+    sink = ShardSink(store.path, run_id, cfg.output.rows_per_file)
+    timing, cost = {}, {}
+    progress = start_progress_actor()
+    ds = branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
+    ds = apply_worker_pools(ds, phase_cfg, model_paths, env, progress, marker_nonce)
+    ds = ds.map_batches(label_rows, fn_kwargs=dict(cfg=cfg, categories=run_categories(phase_cfg), schema=row_schema(),
+                                                   progress=progress), batch_format="pyarrow")
+    watchdog = cfg.run.watchdog_s
+    # Ray Data's own no-progress timeout stays as a backstop, later than the watchdog that names the pool.
+    ds.context.execution_no_progress_timeout_s = 2 * watchdog if watchdog else -1
+    ds.context.custom_execution_callback_classes.append(RunMonitor)
+    try:
+        with Watch(progress, cfg.run, planned, str(store.path)) as watch:
+            ds.write_datasink(sink)
+        watch.check(final=True)
+    finally:
+        ray.kill(progress)
+    if watch.snap:
+        snap = watch.snap
+        timing = {"pools_s": snap["now"], "first_batch_s": snap["first_batch"], "ready_s": snap["last_ready"]}
+        gpus = {stage: c.pool.num_gpus for _, stage, c, _ in pool_specs(phase_cfg, model_paths, marker_nonce)}
+        cost = cost_summary(snap, gpus)
+        log.info(cost_line(cost))
+    return sink.written, timing, cost
+
+
+def merge_costs(first: dict, second: dict) -> dict:
+    """Two phases' cost summaries (progress.cost_summary) as one. A pool both phases ran (a video generator
+    used by a category of each) adds up its batches, rows and seconds and keeps the busier phase's
+    utilisation; categories differ between phases; the bottleneck is the busier of the two phases'."""
+    stages = {**first["stages"], **second["stages"]}
+    for stage in first["stages"].keys() & second["stages"].keys():
+        a, b = first["stages"][stage], second["stages"][stage]
+        summed = {k: round(a[k] + b[k], 3) for k in ("actors", "batches", "rows", "busy_s", "gpu_s")}
+        stages[stage] = {**summed, "s_per_row": round(summed["busy_s"] / summed["rows"], 4) if summed["rows"] else None,
+                         "utilisation": max(a, b, key=lambda x: x["busy_s"])["utilisation"]}
+    busy = {s: {**first["busy_by_category"].get(s, {}), **second["busy_by_category"].get(s, {})}
+            for s in first["busy_by_category"].keys() | second["busy_by_category"].keys()}
+    ranked = [b for b in (first["bottleneck"], second["bottleneck"]) if b]
+    return {"stages": stages, "s_per_pair": {**first["s_per_pair"], **second["s_per_pair"]},
+            "pairs": {**first["pairs"], **second["pairs"]}, "busy_by_category": busy,
+            "bottleneck": max(ranked, key=lambda b: stages[b]["utilisation"] or 0) if ranked else None}
 
 
 def _run(cfg: RunConfig, store: OutputStore, run_id: str, config_path: str | None) -> dict:
@@ -182,44 +255,36 @@ def _run(cfg: RunConfig, store: OutputStore, run_id: str, config_path: str | Non
     store.write_rejects(reject_table)
     routed = Counter(c for b in kept.select_columns(["category"]).iter_batches(batch_format="pyarrow")
                      for c in b.column("category").to_pylist())
-    if not sum(n for c, n in routed.items() if c):  # before any model is resolved or loaded
+    categories = run_categories(cfg)
+    derived = [c for c in cfg.categories if categories[c].derived]
+    if not derived and not sum(n for c, n in routed.items() if c):  # before any model is resolved or loaded
         usable = [r for b in kept.select_columns(["prompt_source", "category_hint"]).iter_batches(batch_format="pyarrow")
                   for r in b.to_pylist()]
         raise PromptsError(nothing_to_do(cfg, usable, reject_table, str(store.path / "rejects" / "prompts.parquet")))
     model_paths = resolve_models(cfg)
     log.info("prompts: %d kept (routed %s, %d unrouted), %d rejected",
              sum(routed.values()), dict(sorted((k, v) for k, v in routed.items() if k)), routed.get(None, 0), n_rejected)
-    branches, planned = plan(cfg, kept, store)
-    log.info("planned pairs this run: %s", planned)
-
-    sink = ShardSink(store.path, run_id, cfg.output.rows_per_file)
-    timing, cost = {}, {}
-    if branches:
-        progress = start_progress_actor()
-        ds = branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
-        ds = apply_worker_pools(ds, cfg, model_paths, env, progress, marker_nonce)
-        ds = ds.map_batches(label_rows, fn_kwargs=dict(cfg=cfg, categories=run_categories(cfg), schema=row_schema(),
-                                                       progress=progress), batch_format="pyarrow")
-        watchdog = cfg.run.watchdog_s
-        # Ray Data's own no-progress timeout stays as a backstop, later than the watchdog that names the pool.
-        ds.context.execution_no_progress_timeout_s = 2 * watchdog if watchdog else -1
-        ds.context.custom_execution_callback_classes.append(RunMonitor)
-        try:
-            with Watch(progress, cfg.run, planned, str(store.path)) as watch:
-                ds.write_datasink(sink)
-            watch.check(final=True)
-        finally:
-            ray.kill(progress)
-        if watch.snap:
-            snap = watch.snap
-            timing = {"pools_s": snap["now"], "first_batch_s": snap["first_batch"], "ready_s": snap["last_ready"]}
-            gpus = {stage: c.pool.num_gpus for _, stage, c, _ in pool_specs(cfg, model_paths, marker_nonce)}
-            cost = cost_summary(snap, gpus)
-            log.info(cost_line(cost))
+    # Derived categories (video pairs animated from image pairs) plan from the pairs the others write, so
+    # they run second, on what the first phase left in the output.
+    planned, written_entries, timing, cost = {}, [], {}, {}
+    for names in ([c for c in cfg.categories if c not in derived], derived):
+        if not names:
+            continue
+        branches, phase_planned = plan(cfg, kept, store, names)
+        planned.update(phase_planned)
+        log.info("planned pairs this run: %s", phase_planned)
+        if branches:
+            phase_cfg = cfg.model_copy(update={"categories": {c: cfg.categories[c] for c in names}})
+            entries, phase_timing, phase_cost = _execute(cfg, phase_cfg, store, run_id, branches, phase_planned,
+                                                         model_paths, env, marker_nonce)
+            written_entries += entries
+            # The pools' seconds add up; first batch and readiness are the first phase's.
+            timing = {**phase_timing, **timing, "pools_s": timing.get("pools_s", 0) + phase_timing.get("pools_s", 0)}
+            cost = merge_costs(cost, phase_cost) if cost else phase_cost
     store.remove_temps()  # a write attempt that died mid-shard left its temporary behind
 
     written: dict[str, int] = {}
-    for e in sink.written:
+    for e in written_entries:
         written[f"{e['kind']}/{e['category']}"] = written.get(f"{e['kind']}/{e['category']}", 0) + e["rows"]
     store.update_manifest({
         "run_id": run_id, "config_path": config_path, "started_at": started, "finished_at": time.time(),

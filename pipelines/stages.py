@@ -1,10 +1,10 @@
 """Worker pools as Ray Data stages: one actor pool per configured model, shared by every category.
 
-Rows name the models they need (`perturber`, `gen_a`/`gen_b`, `ocr_engine`, `judges`,
+Rows name the models they need (`perturber`, `gen_a`/`gen_b`, `frame_gen`, `ocr_engine`, `judges`,
 `reward_models`); each pool fills in the rows that name it and passes the rest through, so a model
 is loaded once per actor however many categories use it. Order: perturbers (they write the prompts
-generators draw), generators, OCR (it decides some text-rendering pairs before any judge runs),
-judges, reward models.
+generators draw), image generators, video generators (they may animate a frame drawn in the row), OCR
+(it decides some text-rendering pairs before any judge runs), judges, reward models.
 
 Every pool actor runs its worker inside a `PoolStage`, which reports to the run's progress actor
 (pipelines/progress.py) and catches errors row by row: when a worker raises on a batch, the batch is
@@ -26,7 +26,7 @@ from ray.data import ActorPoolStrategy
 
 from pipelines.routing import run_categories
 from schemas.config import PoolConfig, RunConfig
-from workers.generator import DiffusersGenerator
+from workers.generator import DiffusersGenerator, VideoGenerator
 from workers.judge import VLMJudge
 from workers.ocr import OcrReader
 from workers.perturber import LLMPerturber
@@ -110,7 +110,7 @@ def used_models(cfg: RunConfig) -> dict[str, list[str]]:
     perturbers = {getattr(c, "perturber", None) for c in cats} - {None}
     used = {
         "perturbers": {p for p in perturbers if cfg.perturbers[p].kind == "llm"},
-        "generators": {g for c in cats for g in c.generators},
+        "generators": {g for c in cats for g in c.generators} | ({getattr(c, "frame_generator", None) for c in cats} - {None}),
         "ocr": {getattr(c, "ocr", None) for c in cats} - {None},
         "judges": {j for c in cats if c.panel for j in cfg.panels[c.panel].judges} | {j for c in cats for j in c.score_judges},
         "rewards": {r for c in cats for r in c.rewards},
@@ -135,9 +135,11 @@ def pool_specs(cfg: RunConfig, model_paths: dict[str, str], marker_nonce: str | 
     for name in used["perturbers"]:
         p = cfg.perturbers[name]
         specs.append((LLMPerturber, "perturber", name, p, dict(model_path=model_paths.get(p.model, p.model), nonce=marker_nonce)))
-    for name in used["generators"]:
+    # Image generators before video generators: a video may start from an image drawn in the same row.
+    for name in sorted(used["generators"], key=lambda n: cfg.generators[n].media == "video"):
         g = cfg.generators[name]
-        specs.append((DiffusersGenerator, "generator", name, g, dict(model_path=model_paths[g.model])))
+        worker = VideoGenerator if g.media == "video" else DiffusersGenerator
+        specs.append((worker, "generator", name, g, dict(model_path=model_paths[g.model])))
     for name in used["ocr"]:
         specs.append((OcrReader, "ocr", name, cfg.ocr[name], {}))
     rubrics = {name: category.rubric for name, category in run_categories(cfg).items()}

@@ -49,6 +49,14 @@ class CategoryConfig(BaseModel):
                                                           "best vs worst, or CaPO calibration + Pareto fronts")
 
 
+class DerivedConfig(CategoryConfig):
+    """Categories that plan from decided image pairs (`Category.derived`) rather than prompts."""
+
+    parents_from: str | None = Field(
+        None, description="output directory whose pairs/ this category builds on (default: this run's output; its "
+                          "image categories run first, in the same `pairforge run`)")
+
+
 @dataclass(frozen=True)
 class Label:
     """A category's decision on one finished pair."""
@@ -70,6 +78,10 @@ class Category:
       usually via `pipelines.records.plan_table`;
     - `label(row, cfg)`: one finished work row -> a `Label`; the shared record builder turns it into a
       pair or undecided record, filling the category's `record_fields` from `record_values`.
+
+    A `derived` category (the video categories that animate image pairs) takes no prompts: its `plan` gets
+    batches of decided pair records of `parent_categories(cfg)`, read from `parents_from` (its config, a
+    `DerivedConfig`) or from the run's own output after the run's other categories are done.
     """
 
     name: ClassVar[str]
@@ -82,6 +94,7 @@ class Category:
     required: ClassVar[tuple[str, ...]] = ()  # config fields it cannot do without (panel may give way to best_of_n)
     record_fields: ClassVar[tuple[tuple[str, pa.DataType], ...]] = ()  # extra shard columns, null elsewhere
     prompt_filter: ClassVar[str] = ""         # what `accepts` wants, in a few words (for the "nothing to do" line)
+    derived: ClassVar[bool] = False           # plans from decided image pairs, not prompts (see above)
 
     def accepts(self, row: dict, cfg) -> bool:
         return True
@@ -91,6 +104,10 @@ class Category:
 
     def label(self, row: dict, cfg) -> Label:
         raise NotImplementedError
+
+    def parent_categories(self, cfg) -> list[str]:
+        """A derived category: the categories whose decided pairs it plans from."""
+        return []
 
     def record_values(self, row: dict, sides: dict[str, str]) -> dict:
         """The values of `record_fields` for one record; `sides` maps the record's side tags to the work

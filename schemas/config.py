@@ -53,6 +53,10 @@ class GeneratorConfig(Strict):
     batch_size: int = Field(4, ge=1)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     call_kwargs: dict = Field({}, description="extra pipeline __call__ arguments (e.g. max_sequence_length)")
+    num_frames: int | None = Field(None, ge=1, description="video generators (Wan text- or image-to-video): frames per "
+                                                           "video, 4k+1 (the VAE compresses time 4x); unset: an image "
+                                                           "generator")
+    fps: int = Field(16, ge=1, le=120, description="video generators: frames per second of the stored MP4")
     pool: PoolConfig = PoolConfig()
 
     @field_validator("width", "height")
@@ -61,6 +65,18 @@ class GeneratorConfig(Strict):
         if v % 8:
             raise ValueError(f"must be a multiple of 8 (the VAE's downsampling factor), got {v}")
         return v
+
+    @field_validator("num_frames")
+    @classmethod
+    def _four_k_plus_one(cls, v: int | None) -> int | None:
+        if v is not None and v % 4 != 1:
+            raise ValueError(f"must be 4k+1 (the video VAE keeps the first frame and compresses the rest 4x), got {v}; "
+                             f"e.g. {v - v % 4 + 1} or {v - v % 4 + 5}")
+        return v
+
+    @property
+    def media(self) -> str:
+        return "image" if self.num_frames is None else "video"
 
 
 class JudgeConfig(Strict):
@@ -331,6 +347,17 @@ class RunConfig(Strict):
             for field in category.required:
                 if getattr(c, field) is None and not (field == "panel" and c.best_of_n):
                     raise ValueError(f"{where}.{field}: required for {cat}")
+            wrong = [g for g in c.generators if self.generators[g].media != category.media]
+            if wrong:
+                raise ValueError(f"{where}.generators: {cat} pairs are {category.media}s; {', '.join(wrong)} "
+                                 f"{'is' if len(wrong) == 1 else 'are'} not {category.media} generator(s) "
+                                 f"(video generators set num_frames)")
+            frame_generator = getattr(c, "frame_generator", None)
+            if frame_generator is not None:
+                f, v = self.generators[frame_generator], self.generators[c.generators[0]]
+                if f.media != "image" or (f.width, f.height) != (v.width, v.height):
+                    raise ValueError(f"{where}.frame_generator: {frame_generator} must be an image generator of the "
+                                     f"videos' size {v.width}x{v.height} (it draws their first frame)")
             sizes = {(self.generators[g].width, self.generators[g].height) for g in c.generators}
             if len(sizes) > 1:
                 raise ValueError(f"{where}.generators: a pair compares images of one size; got {sorted(sizes)}")
@@ -345,7 +372,7 @@ class RunConfig(Strict):
 
 
 # Category config fields that name a model defined in another section of the run config.
-_REFERENCES = {"panel": "panels", "perturber": "perturbers", "ocr": "ocr"}
+_REFERENCES = {"panel": "panels", "perturber": "perturbers", "ocr": "ocr", "frame_generator": "generators"}
 
 
 @cache

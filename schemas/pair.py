@@ -4,7 +4,10 @@ Category-specific columns come from the registered categories (`Category.record_
 null where they do not apply: the built-ins give today's schema whatever the run's categories are.
 
 Images are `{bytes, path}` structs, the layout Hugging Face `datasets` decodes as `Image()`; the schema
-metadata carries the `datasets` features so `load_dataset("parquet", ...)` yields PIL images.
+metadata carries the `datasets` features so `load_dataset("parquet", ...)` yields PIL images. Videos (the
+video categories) are `{bytes, path}` structs of H.264 MP4 (workers/media.py), marked `Video()`; a video
+pair's `image_w` / `image_l` hold the first frames its videos were animated from, and `frames` / `fps`
+are set (null in image pairs).
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ import pyarrow as pa
 
 PIPELINE_VERSION = "0.1.0"
 
-LABEL_SOURCES = ("vlm_panel", "ocr", "construction", "inherited", "reward")
-UNDECIDED_REASONS = ("tie", "no_quorum", "conflict", "all_abstained")
+LABEL_SOURCES = ("vlm_panel", "ocr", "construction", "inherited", "reward", "vlm_score")
+# The last three: score-labelled pairs (motion_quality) whose score gap is outside the configured band, or
+# that a judge could not score.
+UNDECIDED_REASONS = ("tie", "no_quorum", "conflict", "all_abstained", "gap_too_small", "gap_too_large", "unscored")
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+VIDEO = IMAGE  # the same {bytes, path} layout; `datasets` reads it as Video() (schema metadata)
 GENERATOR = pa.struct([
     ("name", pa.string()),            # the generator's name in the run config
     ("model", pa.string()),           # model ref as configured (hub id, local path or tiny:<name>)
@@ -108,6 +114,11 @@ def detail_fields() -> list[tuple[str, pa.DataType]]:
     return [*fields.items(), _SCORES]
 
 
+def _video_fields(first: str, second: str) -> list[tuple[str, pa.DataType]]:
+    """Video pairs' videos and their frame count and rate (null in image pairs)."""
+    return [(f"video_{first}", VIDEO), (f"video_{second}", VIDEO), ("frames", pa.int32()), ("fps", pa.float32())]
+
+
 def pair_fields(details: list | None = None) -> list[tuple[str, pa.DataType]]:
     return _COMMON_HEAD + [
         ("prompt_l", pa.string()),        # the prompt the loser was generated from, when it differs (alignment)
@@ -117,6 +128,7 @@ def pair_fields(details: list | None = None) -> list[tuple[str, pa.DataType]]:
         ("generator_l", GENERATOR),
         ("width", pa.int32()),
         ("height", pa.int32()),
+        *_video_fields("w", "l"),
         ("label_source", pa.string()),
         ("votes", pa.list_(VOTE)),
         ("agreement", pa.float64()),      # share of the judges with a verdict that chose the winner
@@ -136,22 +148,27 @@ def undecided_fields(details: list | None = None) -> list[tuple[str, pa.DataType
         ("generator_b", GENERATOR),
         ("width", pa.int32()),
         ("height", pa.int32()),
+        *_video_fields("a", "b"),
         ("reason", pa.string()),          # one of UNDECIDED_REASONS
         ("votes", pa.list_(VOTE)),
     ] + (details if details is not None else detail_fields()) + _COMMON_TAIL
 
 
 _IMAGE_COLUMNS = ("image_w", "image_l", "image_a", "image_b")
+_VIDEO_COLUMNS = ("video_w", "video_l", "video_a", "video_b")
 
 
 def _with_hf_features(fields) -> pa.Schema:
-    from datasets import Features, Image
+    from datasets import Features, Image, Video
 
     schema = pa.schema(fields)
     features = Features.from_arrow_schema(schema)
     for name in _IMAGE_COLUMNS:
         if name in features:
             features[name] = Image()
+    for name in _VIDEO_COLUMNS:
+        if name in features:
+            features[name] = Video()
     return schema.with_metadata({"huggingface": json.dumps({"info": {"features": features.to_dict()}})})
 
 

@@ -86,7 +86,8 @@ def test_stats_count_decisions_by_outcome_and_flag_confidence_below_half(tmp_pat
         {"pair_id": f"u{i}", "prompt_id": "2", "image_a": img, "image_b": img, "reason": reason, "votes": votes}
         for i, reason in enumerate(["tie", "tie", "conflict", "no_quorum"])])
     c = compute_stats(tmp_path)["categories"]["composition"]
-    assert c["decisions"] == {"decided": 3, "tie": 2, "conflict": 1, "no_quorum": 1, "all_abstained": 0}
+    assert c["decisions"] == {"decided": 3, "tie": 2, "conflict": 1, "no_quorum": 1, "all_abstained": 0,
+                              "gap_too_small": 0, "gap_too_large": 0, "unscored": 0}  # score-labelled (video) reasons
     assert c["mean_confidence"] == 0.6 and c["confidence_below_half"] == 0.5  # over the two that store one
     totals = compute_stats(tmp_path)["totals"]
     assert totals["decisions"] == c["decisions"] and totals["confidence_below_half"] == 0.5
