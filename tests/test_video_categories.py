@@ -230,3 +230,20 @@ def test_a_rerun_adds_nothing(video_demo):
     manifest = json.loads((out / "manifest.json").read_text())
     assert all(n == 0 for n in manifest["runs"][-1]["planned"].values())
     assert second["totals"] == first["totals"]
+
+
+def test_training_reads_each_model_its_own_media_from_a_mixed_output(video_demo):
+    """One output holds image and video pairs, and every shard has every column (a video pair's image_w is the
+    first frame it started from): an image model must not train on those first frames, a video model must
+    not read image pairs' null videos."""
+    from schemas.config import TrainData
+    from training.data import pair_files
+
+    _, out, _, _, files, _ = video_demo
+    data = TrainData(paths=[str(out)])
+    image, video = pair_files(data, "image"), pair_files(data, "video")
+    assert set(video) == {f.parent.name for f in files["pairs"]} & set(VIDEO_CATEGORIES)
+    assert set(image) == {f.parent.name for f in files["pairs"]} - set(VIDEO_CATEGORIES) and image
+    for fs in video.values():
+        for f in fs:
+            assert pq.read_table(f, columns=["video_w"]).column(0).null_count == 0

@@ -43,17 +43,33 @@ def columns(media: str) -> list[str]:
     return ["pair_id", "category", "prompt", *MEDIA[media], *LABELS]
 
 
+def shard_media(path: Path) -> str:
+    """Whether a pair shard holds image or video pairs: its category's media (every shard has every column,
+    and a video pair's `image_w` / `image_l` are the first frames it was animated from, not pairs to train an
+    image model on); for a category this process has not registered, whether its videos are present."""
+    import pyarrow.parquet as pq
+
+    from schemas.category import registered
+
+    category = registered().get(path.parent.name)
+    if category is not None:
+        return category.media
+    names = pq.read_schema(path).names
+    has_video = set(MEDIA["video"]) <= set(names) and \
+        pq.read_table(path, columns=[MEDIA["video"][0]]).column(0).null_count < pq.ParquetFile(path).metadata.num_rows
+    return "video" if has_video else "image"
+
+
 def pair_files(data: TrainData, media: str = "image") -> dict[str, list[str]]:
     """category -> its pair shards with `media` (image or video pairs), over every output directory in
     `data.paths`; shards of the other media are left out (a video model trains on the video categories)."""
-    import pyarrow.parquet as pq
 
     files: dict[str, list[str]] = {}
     other = 0
     for root in data.paths:
         for f in shard_files(Path(root), "pairs"):
             if data.categories is None or f.parent.name in data.categories:
-                if set(MEDIA[media]) <= set(pq.read_schema(f).names):
+                if shard_media(f) == media:
                     files.setdefault(f.parent.name, []).append(str(f))
                 else:
                     other += 1
