@@ -318,15 +318,15 @@ VIDEO = dict(frames=9, size=32)  # 9 frames = 3 latent frames of Wan's VAE; 32 p
 
 @pytest.fixture(scope="module")
 def video_pairs(tiny_kit, tmp_path_factory):
-    """A run output with one shard of video pairs (`video_w` / `video_l` MP4s from the tiny Wan T2V, in the
-    image columns' `{bytes, path}` layout, with frames and fps) beside a shard of image pairs."""
+    """A run output with one shard of video pairs (`video_w` / `video_l` MP4s from the tiny Wan T2V in the
+    `{bytes, path}` layout, with frames and fps) beside a shard of image pairs."""
     from datetime import datetime, timezone
 
     import pyarrow as pa
     import pyarrow.parquet as pq
     from diffusers import DiffusionPipeline
 
-    from schemas.pair import IMAGE, pair_schema
+    from schemas.pair import pair_schema
     from workers.media import mp4_bytes
 
     out = tmp_path_factory.mktemp("video-pairs")
@@ -338,8 +338,7 @@ def video_pairs(tiny_kit, tmp_path_factory):
                       output_type="np", generator=torch.Generator().manual_seed(seed)).frames[0]
         return {"bytes": mp4_bytes(frames, 8), "path": None}
 
-    schema = pa.schema([f for f in pair_schema() if f.name not in ("image_w", "image_l")]
-                       + [("video_w", IMAGE), ("video_l", IMAGE), ("frames", pa.int32()), ("fps", pa.float64())])
+    schema = pair_schema()  # the record's own: video_w / video_l, frames, fps beside the image columns
     prompts = ["a red ball rolls left", "a dog runs on grass", "waves break on a rock", "a kite rises"]
     rows = [{"pair_id": f"video-{i}", "category": "motion_quality", "prompt": p, "prompt_id": f"q{i}", "prompt_source": "t",
              "video_w": video(p, 2 * i), "video_l": video(p, 2 * i + 1), "width": VIDEO["size"], "height": VIDEO["size"],
