@@ -71,13 +71,15 @@ class _LocalProcessorBackend:
     def __init__(self, model_path: str, cfg: JudgeConfig):
         from transformers import AutoProcessor
 
-        pixels = {"max_pixels": cfg.max_pixels} if cfg.max_pixels else {}
-        self.processor = AutoProcessor.from_pretrained(model_path, **pixels)
+        self.processor = AutoProcessor.from_pretrained(model_path)
         self.tokenizer = self.processor.tokenizer
         self.special_tokens = special_tokens_of(self.tokenizer)
-
-        # The frames come sampled and sized by the judge (workers/video_frames.py): a processor size range that
-        # holds them keeps them as they are, and the per-frame cap is already applied.
+        # Per modality: a `max_pixels` given to from_pretrained would bound the video frames too. The frames come
+        # sampled and sized by the judge (workers/video_frames.py): a size range that holds them keeps them as
+        # they are, and the per-frame cap is already applied.
+        shortest = self.processor.image_processor.size["shortest_edge"]
+        self.image_kwargs = {"size": {"shortest_edge": min(shortest, cfg.max_pixels), "longest_edge": cfg.max_pixels}
+                             } if cfg.max_pixels else {}
         self.video_kwargs = {"size": {"shortest_edge": cfg.video_min_pixels, "longest_edge": cfg.video_max_pixels},
                              "cap_pixels_per_frame": False}
 
@@ -109,8 +111,8 @@ class TransformersVLM(_LocalProcessorBackend):
         videos = [m for m in media if isinstance(m, SampledVideo)]
         video_args = dict(videos=[v.frames for v in videos], video_metadata=[v.metadata() for v in videos],
                           do_sample_frames=False, videos_kwargs=self.video_kwargs) if videos else {}
-        inputs = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True,
-                                **video_args).to(self.device)
+        inputs = self.processor(text=texts, images=images or None, images_kwargs=self.image_kwargs,
+                                return_tensors="pt", padding=True, **video_args).to(self.device)
         with self.torch.inference_mode():
             logits = self.model(**inputs).logits[:, -1].float()
         return [OptionResult(row) for row in logits.log_softmax(-1)[:, ids].cpu().numpy()]
@@ -141,9 +143,7 @@ class VLLMEngine(_LocalProcessorBackend):
         vllm = _import_vllm()
         super().__init__(model_path, cfg)
         defaults = dict(limit_mm_per_prompt={"image": 2, "video": 2}, enable_prefix_caching=True,
-                        mm_processor_kwargs={"videos_kwargs": self.video_kwargs})
-        if cfg.max_pixels:
-            defaults["mm_processor_kwargs"]["max_pixels"] = cfg.max_pixels
+                        mm_processor_kwargs={"images_kwargs": self.image_kwargs, "videos_kwargs": self.video_kwargs})
         self.llm = start_vllm(model_path, cfg.dtype, cfg.engine_kwargs, **defaults)
         self.sampling_params = vllm.SamplingParams
 
