@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 from schemas import category as category_registry
 from schemas.category import CategoryConfig
 from schemas.pair import stable_hash
+from workers.video_frames import check_video_context
 
 NONCE_PATTERN = r"[0-9A-Za-z]{8,64}"  # the data markers' nonce (workers/rubrics.py)
 
@@ -99,7 +100,33 @@ class JudgeConfig(Strict):
     timeout_s: float = Field(120.0, gt=0, description="openai: per-request timeout")
     max_retries: int = Field(4, ge=0, description="openai: retries on timeouts, 429 and 5xx, with backoff")
     backoff_s: float = Field(1.0, ge=0, description="openai: first retry delay; doubles each retry, jittered")
+    # Video judging (workers/video_frames.py, qwen-vl-utils' rules); 28 x 28 px of two frames make one token.
+    video_fps: float = Field(2.0, gt=0, description="video: frames sampled per second of video (qwen-vl-utils FPS)")
+    video_min_frames: int = Field(4, ge=2, description="video: at least this many frames (FPS_MIN_FRAMES; a "
+                                                       "shorter video gives all its frames, rounded down to even)")
+    video_max_frames: int = Field(16, ge=2, description="video: at most this many frames (FPS_MAX_FRAMES; "
+                                                        "qwen-vl-utils allows 768, sized for a 128k context)")
+    video_min_pixels: int = Field(128 * 28 * 28, ge=784, description="video: pixels per frame at least "
+                                                                     "(VIDEO_MIN_PIXELS; smaller frames are upscaled)")
+    video_max_pixels: int = Field(768 * 28 * 28, ge=784, description="video: pixels per frame at most "
+                                                                     "(VIDEO_MAX_PIXELS)")
+    video_total_pixels: int = Field(
+        1280 * 28 * 28, ge=784,
+        description="video: pixels over all frames of one video, shared by its frames (VIDEO_TOTAL_PIXELS; "
+                    "/ 784 / 2 = visual tokens): 1280 tokens a video, so a pair fits vLLM's default 4096 context")
+    context_tokens: int | None = Field(
+        None, ge=256, description="the judge's context length for the video pre-flight check; default: "
+                                  "engine_kwargs.max_model_len for vllm (else 4096), unchecked for transformers / "
+                                  "openai (set it to the served --max-model-len)")
     pool: PoolConfig = PoolConfig()
+
+    @model_validator(mode="after")
+    def _video_ranges(self):
+        if self.video_min_frames > self.video_max_frames:
+            raise ValueError(f"video_min_frames {self.video_min_frames} > video_max_frames {self.video_max_frames}")
+        if self.video_min_pixels > self.video_max_pixels:
+            raise ValueError(f"video_min_pixels {self.video_min_pixels} > video_max_pixels {self.video_max_pixels}")
+        return self
 
     @model_validator(mode="after")
     def _endpoint_for_openai(self):
@@ -361,9 +388,24 @@ class RunConfig(Strict):
             sizes = {(self.generators[g].width, self.generators[g].height) for g in c.generators}
             if len(sizes) > 1:
                 raise ValueError(f"{where}.generators: a pair compares images of one size; got {sorted(sizes)}")
+            if category.media == "video" and sizes:
+                self._check_video_judges(where, c, *sizes.pop())
         for p, panel in self.panels.items():
             check("judge", panel.judges, self.judges, f"panels.{p}.judges")
         return self
+
+    def _check_video_judges(self, where: str, c: CategoryConfig, width: int, height: int) -> None:
+        """Pre-flight: each judge's largest request on this category's videos fits its context (a pairwise
+        request shows two videos, a score request one), before any model loads."""
+        panel = getattr(c, "panel", None)
+        requests = {j: 2 for j in (self.panels[panel].judges if panel else [])}
+        for judge in c.score_judges:
+            requests.setdefault(judge, 1)
+        for judge, videos in requests.items():
+            try:
+                check_video_context(judge, self.judges[judge], height, width, videos)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
 
     def config_hash(self) -> str:
         """Hash of what decides the data: everything but where it runs, how it is watched and where it is written."""

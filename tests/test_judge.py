@@ -1,6 +1,7 @@
 """The VLM judge on a real tiny Qwen2-VL: votes in both orders, scores, abstentions, batching, and prompt injection
 rendered through each backend's chat template."""
 
+import base64
 import io
 import json
 
@@ -14,7 +15,9 @@ from test_rubrics import skeleton
 from schemas.config import JudgeConfig
 from workers.judge import VLMJudge, vote_from_result
 from workers.judge_backends import OptionResult, openai_messages
+from workers.media import decode_video, mp4_bytes
 from workers.rubrics import data_markers, pairwise_messages, sanitize_untrusted, score_messages
+from workers.video_frames import sample_video
 
 
 def png(seed: int, size: int = 64) -> bytes:
@@ -165,3 +168,71 @@ def test_injected_prompt_leaves_the_rendered_chat_structure_unchanged(local, att
     assert chats["attack"].split(end)[1] == chats["benign"].split(end)[1]
     data = json.loads(chats["attack"].split(begin)[1].split(end)[0])
     assert "PROMPTDATA" not in skeleton(data) and not any(t in data for t in CONTROL_TOKENS)
+
+
+def mp4(seed: int, frames: int = 9) -> bytes:
+    rng = np.random.default_rng(seed)
+    return mp4_bytes(rng.integers(0, 255, (frames, 64, 96, 3), dtype=np.uint8), 8.0)
+
+
+SMALL_VIDEO = dict(video_min_pixels=28 * 28 * 4, video_max_pixels=28 * 28 * 12, video_total_pixels=28 * 28 * 24)
+
+
+@pytest.fixture(scope="module")
+def video_judge(tiny_kit):
+    cfg = JudgeConfig(model="tiny:qwen2-vl-a", **SMALL_VIDEO)
+    return VLMJudge("j", cfg.model_dump(), str(tiny_kit / "qwen2-vl-a"))
+
+
+def video_batch(video_a: list, video_b: list, images: bool = False) -> pa.Table:
+    n = len(video_a)
+    return pa.table({
+        "judges": ["j"] * n, "score_judges": ["j"] * n, "category": ["composition"] * n,
+        "prompt": [f"a kite rising over a beach #{i}" for i in range(n)],
+        "image_a": pa.array([png(i) if images else None for i in range(n)], pa.binary()),
+        "image_b": pa.array([png(50 + i) if images else None for i in range(n)], pa.binary()),
+        "video_a": pa.array(video_a, pa.binary()), "video_b": pa.array(video_b, pa.binary())})
+
+
+def test_video_pairs_get_votes_and_scores_like_image_pairs(video_judge):
+    """Video rows fill the same columns with the same records; a bad video abstains with the reason; a row with
+    images and no videos is still an image pair."""
+    out = video_judge(pa.concat_tables([video_batch([mp4(1), mp4(2)], [mp4(3), b"\x00\x00\x00\x18ftypmp42 cut"]),
+                                        video_batch([None], [None], images=True)]))
+    votes = [json.loads(v) for v in out.column("votes").to_pylist()]
+    scores = [json.loads(s) for s in out.column("scores").to_pylist()]
+    for row in (0, 2):
+        assert [v["order"] for v in votes[row]] == ["AB", "BA"]
+        assert all(v["choice"] in ("A", "B") and v["logprob_a"] < 0 and v["logprob_b"] < 0 for v in votes[row])
+        assert [s["side"] for s in scores[row]] == ["a", "b"]
+        for s in scores[row]:
+            assert s["note"] is None and len(s["probs"]) == 10 and sum(s["probs"]) == pytest.approx(1, abs=1e-4)
+            assert 1 <= s["expected"] <= 10 and 0 < s["mass"] <= 1
+    assert scores[0][0]["expected"] != scores[0][1]["expected"]  # each video is scored on its own
+    assert [v["choice"] for v in votes[1]] == [None, None] and votes[1][0]["note"].startswith("bad video: ")
+    assert all(s["expected"] is None and s["note"].startswith("bad video: ") for s in scores[1])
+
+
+def test_swapping_videos_swaps_the_orders(video_judge):
+    v = json.loads(video_judge(video_batch([mp4(4)], [mp4(5)])).column("votes")[0].as_py())
+    s = json.loads(video_judge(video_batch([mp4(5)], [mp4(4)])).column("votes")[0].as_py())
+    assert v[0]["logprob_a"] == pytest.approx(s[1]["logprob_a"], abs=1e-4)  # AB of one is BA of the other
+    assert v[1]["logprob_b"] == pytest.approx(s[0]["logprob_b"], abs=1e-4)
+
+
+def test_endpoint_receives_the_sampled_frames_as_an_mp4_video_url():
+    """What an OpenAI-compatible server gets: a video_url part per video, an MP4 of exactly the sampled frames
+    at the sampled rate."""
+    cfg = JudgeConfig(model="m", **SMALL_VIDEO)
+    t, y, x = np.mgrid[0:17, 0:64, 0:96]
+    waves = [127 + 100 * np.sin(x / 9 + t / 2 + phase) * np.cos(y / 7) for phase in (0, 1, 2)]
+    clip = np.stack(waves, -1).astype(np.uint8)  # smooth: what a codec keeps well, unlike noise
+    videos = [sample_video(*decode_video(mp4_bytes(c, 8.0)), cfg) for c in (clip, clip[::-1])]
+    parts = openai_messages(pairwise_messages("composition", "a kite", NONCE, media="video"), videos)[0]["content"]
+    urls = [p["video_url"]["url"] for p in parts if p["type"] == "video_url"]
+    assert [p["type"] for p in parts] == ["text", "video_url", "text", "video_url", "text"]
+    for url, video in zip(urls, videos):
+        assert url.startswith("data:video/mp4;base64,")
+        frames, fps = decode_video(base64.b64decode(url.split(",", 1)[1]))
+        assert frames.shape == video.frames.shape and fps == pytest.approx(video.sampled_fps, rel=1e-3)
+        assert np.abs(frames.astype(int) - video.frames).mean() < 6  # H.264 at CRF 12, 4:2:0: close, not exact

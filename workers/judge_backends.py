@@ -2,7 +2,8 @@
 
     backend.option_logprobs(requests, options, prefix="") -> list[OptionResult]
 
-For each request (chat messages with image placeholders + the images, in order) it returns the
+For each request (chat messages with image / video placeholders + the media, in order: PIL images and
+`workers.video_frames.SampledVideo`s, the frames the judge samples) it returns the
 log-probabilities, over the full vocabulary, of each single-token option at the answer position,
 after an optional answer `prefix` (score mode uses "1" to tell "1" from "10"). The answer is
 constrained to the options where the backend allows it.
@@ -36,7 +37,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from schemas.config import JudgeConfig
+from workers.media import mp4_bytes
 from workers.runtime import pick_device, pick_dtype
+from workers.video_frames import SampledVideo
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +71,17 @@ class _LocalProcessorBackend:
     def __init__(self, model_path: str, cfg: JudgeConfig):
         from transformers import AutoProcessor
 
-        pixels = {"max_pixels": cfg.max_pixels} if cfg.max_pixels else {}
-        self.processor = AutoProcessor.from_pretrained(model_path, **pixels)
+        self.processor = AutoProcessor.from_pretrained(model_path)
         self.tokenizer = self.processor.tokenizer
         self.special_tokens = special_tokens_of(self.tokenizer)
+        # Per modality: a `max_pixels` given to from_pretrained would bound the video frames too. The frames come
+        # sampled and sized by the judge (workers/video_frames.py): a size range that holds them keeps them as
+        # they are, and the per-frame cap is already applied.
+        shortest = self.processor.image_processor.size["shortest_edge"]
+        self.image_kwargs = {"size": {"shortest_edge": min(shortest, cfg.max_pixels), "longest_edge": cfg.max_pixels}
+                             } if cfg.max_pixels else {}
+        self.video_kwargs = {"size": {"shortest_edge": cfg.video_min_pixels, "longest_edge": cfg.video_max_pixels},
+                             "cap_pixels_per_frame": False}
 
     def render(self, messages: list[dict]) -> str:
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -96,8 +106,13 @@ class TransformersVLM(_LocalProcessorBackend):
                         prefix: str = "") -> list[OptionResult]:
         ids = [single_token_id(self.tokenizer, o) for o in options]
         texts = [self.render(messages) + prefix for messages, _ in requests]
-        images = [im for _, ims in requests for im in ims]
-        inputs = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True).to(self.device)
+        media = [m for _, items in requests for m in items]
+        images = [m for m in media if not isinstance(m, SampledVideo)]
+        videos = [m for m in media if isinstance(m, SampledVideo)]
+        video_args = dict(videos=[v.frames for v in videos], video_metadata=[v.metadata() for v in videos],
+                          do_sample_frames=False, videos_kwargs=self.video_kwargs) if videos else {}
+        inputs = self.processor(text=texts, images=images or None, images_kwargs=self.image_kwargs,
+                                return_tensors="pt", padding=True, **video_args).to(self.device)
         with self.torch.inference_mode():
             logits = self.model(**inputs).logits[:, -1].float()
         return [OptionResult(row) for row in logits.log_softmax(-1)[:, ids].cpu().numpy()]
@@ -127,9 +142,8 @@ class VLLMEngine(_LocalProcessorBackend):
     def __init__(self, model_path: str, cfg: JudgeConfig):
         vllm = _import_vllm()
         super().__init__(model_path, cfg)
-        defaults = dict(limit_mm_per_prompt={"image": 2, "video": 0}, enable_prefix_caching=True)
-        if cfg.max_pixels:
-            defaults["mm_processor_kwargs"] = {"max_pixels": cfg.max_pixels}
+        defaults = dict(limit_mm_per_prompt={"image": 2, "video": 2}, enable_prefix_caching=True,
+                        mm_processor_kwargs={"images_kwargs": self.image_kwargs, "videos_kwargs": self.video_kwargs})
         self.llm = start_vllm(model_path, cfg.dtype, cfg.engine_kwargs, **defaults)
         self.sampling_params = vllm.SamplingParams
 
@@ -143,14 +157,25 @@ class VLLMEngine(_LocalProcessorBackend):
         # One token, constrained to the options; logprob_token_ids returns exactly the options' raw
         # (full-vocabulary) log-probabilities.
         params = self.sampling_params(max_tokens=1, temperature=0.0, allowed_token_ids=ids, logprob_token_ids=ids)
-        prompts = [{"prompt": self.render(messages) + prefix, "multi_modal_data": {"image": images}}
-                   for messages, images in requests]
+        prompts = [{"prompt": self.render(messages) + prefix, "multi_modal_data": _engine_media(media)}
+                   for messages, media in requests]
         results = []
         for out in self.llm.generate(prompts, params, use_tqdm=False):
             first = out.outputs[0].logprobs[0] if out.outputs[0].logprobs else {}
             results.append(OptionResult(np.array([first[i].logprob if i in first else math.nan for i in ids]),
                                         out.outputs[0].text))
         return results
+
+
+def _engine_media(media: list) -> dict:
+    """vLLM's multi_modal_data: images, and videos as (frames, metadata) (Qwen2.5-VL requires the metadata;
+    `do_sample_frames: False`: the frames are final)."""
+    out = {}
+    for m in media:
+        video = isinstance(m, SampledVideo)
+        key, item = ("video", (m.frames, {**m.metadata(), "do_sample_frames": False})) if video else ("image", m)
+        out.setdefault(key, []).append(item)
+    return out
 
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -162,14 +187,28 @@ def data_url(image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def openai_messages(messages: list[dict], images: list) -> list[dict]:
-    """Our messages (with `{"type": "image"}` placeholders) -> OpenAI chat parts with data URLs."""
-    it = iter(images)
+def video_data_url(video: SampledVideo) -> str:
+    """An MP4 of exactly the sampled frames, at the rate they were sampled at: a server that takes every frame
+    (vLLM: --media-io-kwargs '{"video": {"num_frames": -1}}') sees what the in-process backends see, up to the
+    codec's near-transparent loss, with the sampled fps Qwen2.5-VL's temporal positions need."""
+    return "data:video/mp4;base64," + base64.b64encode(mp4_bytes(video.frames, video.sampled_fps)).decode()
+
+
+def _media_part(part_type: str, item) -> dict:
+    if part_type == "video":
+        return {"type": "video_url", "video_url": {"url": video_data_url(item)}}
+    return {"type": "image_url", "image_url": {"url": data_url(item)}}
+
+
+def openai_messages(messages: list[dict], media: list) -> list[dict]:
+    """Our messages (with `{"type": "image"}` / `{"type": "video"}` placeholders) -> OpenAI chat parts with
+    data URLs (`image_url` PNG, `video_url` MP4)."""
+    it = iter(media)
     out = []
     for m in messages:
         content = m["content"]
         if isinstance(content, list):
-            content = [{"type": "image_url", "image_url": {"url": data_url(next(it))}} if part["type"] == "image"
+            content = [_media_part(part["type"], next(it)) if part["type"] in ("image", "video")
                        else {"type": "text", "text": part["text"]} for part in content]
         out.append({"role": m["role"], "content": content})
     return out

@@ -120,33 +120,38 @@ def guideline(category: str) -> str:
     return known[category].rubric if category in known else ""
 
 
-def pairwise_instruction(category: str, prompt_data: str, nonce: str, rubrics: dict[str, str] | None = None) -> str:
-    """The text after the two images. `prompt_data` must already be sanitised."""
+def pairwise_instruction(category: str, prompt_data: str, nonce: str, rubrics: dict[str, str] | None = None,
+                         media: str = "image") -> str:
+    """The text after the two images (or videos: `media`). `prompt_data` must already be sanitised."""
     return (
-        "You compare two images generated for the same prompt.\n"
+        f"You compare two {media}s generated for the same prompt.\n"
         f"{rubric_of(category, rubrics)}\n"
         f"{data_section(prompt_data, nonce)}"
-        "Which image is better by the criterion above? Answer with a single letter: A or B.")
+        f"Which {media} is better by the criterion above? Answer with a single letter: A or B.")
 
 
-def pairwise_messages(category: str, prompt_data: str, nonce: str, rubrics: dict[str, str] | None = None) -> list[dict]:
-    """Chat messages with two image placeholders (the images are passed beside them, in order)."""
+def pairwise_messages(category: str, prompt_data: str, nonce: str, rubrics: dict[str, str] | None = None,
+                      media: str = "image") -> list[dict]:
+    """Chat messages with two `media` ("image" or "video") placeholders (the media are passed beside them,
+    in order)."""
+    label = media.capitalize()
     return [{"role": "user", "content": [
-        {"type": "text", "text": "Image A:"}, {"type": "image"},
-        {"type": "text", "text": "Image B:"}, {"type": "image"},
-        {"type": "text", "text": pairwise_instruction(category, prompt_data, nonce, rubrics)},
+        {"type": "text", "text": f"{label} A:"}, {"type": media},
+        {"type": "text", "text": f"{label} B:"}, {"type": media},
+        {"type": "text", "text": pairwise_instruction(category, prompt_data, nonce, rubrics, media)},
     ]}]
 
 
-def score_messages(category: str, prompt_data: str, nonce: str, rubrics: dict[str, str] | None = None) -> list[dict]:
-    """One image and a request for a 1-10 score by the category's criterion (score mode)."""
+def score_messages(category: str, prompt_data: str, nonce: str, rubrics: dict[str, str] | None = None,
+                   media: str = "image") -> list[dict]:
+    """One image (or video: `media`) and a request for a 1-10 score by the category's criterion (score mode)."""
     return [{"role": "user", "content": [
-        {"type": "image"},
+        {"type": media},
         {"type": "text", "text": (
-            "You rate one image generated for a prompt.\n"
+            f"You rate one {media} generated for a prompt.\n"
             f"{score_rubric(rubric_of(category, rubrics))}\n"
             f"{data_section(prompt_data, nonce)}"
-            "Rate the image from 1 (worst) to 10 (best). Answer with the number only.")},
+            f"Rate the {media} from 1 (worst) to 10 (best). Answer with the number only.")},
     ]}]
 
 
