@@ -112,8 +112,10 @@ def clip_pair():
 
 def test_a_run_whose_video_requests_cannot_fit_fails_at_config_load(clip_pair, tmp_path):
     """The run config is refused when it is read, before Ray starts or a model loads, with one line per problem."""
-    cfg = small_run_config(tmp_path, overrides={("categories",): {"clip_pair": {
-        "generators": ["sd", "flux"], "panel": "main", "sources": ["test"]}}})
+    cfg = small_run_config(tmp_path, overrides={
+        ("generators", "wan"): {"model": "tiny:wan-t2v", "width": 64, "height": 64, "num_frames": 9, "fps": 8},
+        ("generators", "wan2"): {"model": "tiny:wan-i2v", "width": 64, "height": 64, "num_frames": 9, "fps": 8},
+        ("categories",): {"clip_pair": {"generators": ["wan", "wan2"], "panel": "main", "sources": ["test"]}}})
     data = cfg.model_dump(mode="json")
     data["judges"]["qwen2.5-vl-b"].update(backend="vllm", engine_kwargs={"max_model_len": 2048})
     path = tmp_path / "run.yaml"
