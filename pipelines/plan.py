@@ -92,8 +92,7 @@ def measurements(outputs: list[Path]) -> dict:
     bound = max(st["busy_s"] / max(st["actors"], 1) for st in cost["stages"].values())
     return {"busy": busy, "rows": rows, "warmup": {s: _warmup(t) for s, t in totals.items()},
             "decided": {c: counts.get(c, {}).get("pairs", 0) / n for c, n in rows.items()},
-            "startup_s": startup, "overhead_s": max(processing - bound, 0.0),
-            "counts": counts}
+            "startup_s": startup, "overhead_s": max(processing - bound, 0.0)}
 
 
 def _warmup(t: dict) -> dict:

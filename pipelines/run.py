@@ -226,7 +226,8 @@ def merge_costs(first: dict, second: dict) -> dict:
     stages = {**first["stages"], **second["stages"]}
     for stage in first["stages"].keys() & second["stages"].keys():
         a, b = first["stages"][stage], second["stages"][stage]
-        summed = {k: round(a[k] + b[k], 3) for k in ("actors", "batches", "rows", "busy_s", "gpu_s")}
+        summed = {k: round(a.get(k, 0) + b.get(k, 0), 3)
+                  for k in ("actors", "batches", "rows", "busy_s", "gpu_s", "warmup_s", "warmup_rows")}
         stages[stage] = {**summed, "s_per_row": round(summed["busy_s"] / summed["rows"], 4) if summed["rows"] else None,
                          "utilisation": max(a, b, key=lambda x: x["busy_s"])["utilisation"]}
     busy = {s: {**first["busy_by_category"].get(s, {}), **second["busy_by_category"].get(s, {})}

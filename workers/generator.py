@@ -15,6 +15,19 @@ from workers.runtime import column, pick_device, pick_dtype, setup_worker, with_
 log = logging.getLogger(__name__)
 
 
+def load_pipeline(model_path: str, dtype: str):
+    """(torch, device, pipeline): a diffusers pipeline loaded once per actor, on the GPU when there is one,
+    progress bars off (they would flood the worker logs)."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    device = pick_device()
+    pipe = DiffusionPipeline.from_pretrained(model_path, dtype=pick_dtype(dtype, device))
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return torch, device, pipe
+
+
 class DiffusersGenerator:
     """Ray Data actor for one configured generator. A row names the generator of each side (`gen_a`,
     `gen_b`) with that side's prompt and seed (`prompt_a`, `seed_a`, ...); this actor fills `image_a` /
@@ -31,16 +44,9 @@ class DiffusersGenerator:
 
     def __init__(self, name: str, cfg: dict, model_path: str, num_threads: int = 1):
         setup_worker(num_threads)
-        import torch
-        from diffusers import DiffusionPipeline
-
         self.name = name
         self.cfg = GeneratorConfig.model_validate(cfg)
-        self.device = pick_device()
-        self.torch = torch
-        self.pipe = DiffusionPipeline.from_pretrained(model_path, dtype=pick_dtype(self.cfg.dtype, self.device))
-        self.pipe.to(self.device)
-        self.pipe.set_progress_bar_config(disable=True)
+        self.torch, self.device, self.pipe = load_pipeline(model_path, self.cfg.dtype)
 
     def _generate(self, prompts: list[str], seeds: list[int]):
         gens = [self.torch.Generator(self.device).manual_seed(int(s)) for s in seeds]
@@ -106,19 +112,12 @@ class VideoGenerator:
     output_columns = ("video_a", "video_b", "error_a", "error_b")
 
     def __init__(self, name: str, cfg: dict, model_path: str, num_threads: int = 1):
-        setup_worker(num_threads)
         import inspect
 
-        import torch
-        from diffusers import DiffusionPipeline
-
+        setup_worker(num_threads)
         self.name = name
         self.cfg = GeneratorConfig.model_validate(cfg)
-        self.device = pick_device()
-        self.torch = torch
-        self.pipe = DiffusionPipeline.from_pretrained(model_path, dtype=pick_dtype(self.cfg.dtype, self.device))
-        self.pipe.to(self.device)
-        self.pipe.set_progress_bar_config(disable=True)
+        self.torch, self.device, self.pipe = load_pipeline(model_path, self.cfg.dtype)
         self.image_to_video = "image" in inspect.signature(self.pipe.__call__).parameters
 
     def _generate(self, prompts: list[str], seeds: list[int], image) -> list[bytes]:
