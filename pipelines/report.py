@@ -1,7 +1,9 @@
 """`pairforge stats OUT --html FILE`: one self-contained HTML page (figures and thumbnails inlined) that
 shows a run at a glance: category balance, agreement, position bias and abstentions, reward
 consistency, the Arena leaderboard with intervals (overall and per category), the generator win-rate
-matrix, and sample pairs per category with their votes."""
+matrix, and sample pairs per category with their votes. Video pairs show both videos playing (muted, looped
+`<video>` elements with the stored H.264 MP4 inlined; a video above PREVIEW_MAX_BYTES is re-encoded smaller
+first so the page stays light) with their frame count, rate and size."""
 
 from __future__ import annotations
 
@@ -15,6 +17,12 @@ import pyarrow.parquet as pq
 from pipelines.store import shard_files
 
 SAMPLES_PER_CATEGORY = 3
+# A stored video up to this size is inlined as is (the demo's are a few kB); a larger one (a 720p clip is
+# megabytes, and the page holds up to 2 x SAMPLES_PER_CATEGORY per category) is re-encoded to
+# PREVIEW_SIDE px on its long side and at most PREVIEW_SECONDS.
+PREVIEW_MAX_BYTES = 512 * 1024
+PREVIEW_SIDE = 320
+PREVIEW_SECONDS = 6.0
 
 
 def _figure_png(fig) -> str:
@@ -138,6 +146,46 @@ def _thumbnail(data: bytes, size: int = 160) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _video_preview(data: bytes) -> str:
+    """A data: URL of an MP4 a browser plays: the stored video, or a smaller re-encoding of a large one."""
+    if len(data) > PREVIEW_MAX_BYTES:
+        data = _small_mp4(data)
+    return "data:video/mp4;base64," + base64.b64encode(data).decode()
+
+
+def _small_mp4(data: bytes) -> bytes:
+    import av
+    import numpy as np
+
+    from workers.media import mp4_bytes
+
+    # Decoded frame by frame and shrunk as it goes: the whole clip at full size would not need to fit in memory.
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 8)
+        scale = min(1.0, PREVIEW_SIDE / max(stream.codec_context.width, stream.codec_context.height))
+        w, h = (2 * max(1, round(n * scale / 2)) for n in (stream.codec_context.width, stream.codec_context.height))
+        frames = []
+        for frame in container.decode(stream):
+            frames.append(frame.reformat(width=w, height=h, format="rgb24").to_ndarray())
+            if len(frames) >= PREVIEW_SECONDS * fps:
+                break
+    return mp4_bytes(np.stack(frames), fps)
+
+
+def _media(r: dict, side: str, label: str) -> str:
+    """One side of a sample pair: the video playing for a video pair, the image's thumbnail otherwise."""
+    name = html.escape(r[f"generator_{side}"]["name"])
+    video = r.get(f"video_{side}")
+    if video and video.get("bytes"):
+        info = f"{r['frames']} frames, {r['fps']:g} fps, {r['width']}x{r['height']}"
+        return (f"<figure><video class='preview' src='{_video_preview(video['bytes'])}' muted loop autoplay playsinline "
+                f"width='{max(160, min(320, r['width']))}' title='{label}'></video>"
+                f"<figcaption>{label}: {name}<br>{info}</figcaption></figure>")
+    return (f"<figure><img src='{_thumbnail(r[f'image_{side}']['bytes'])}' alt='{label}'><figcaption>{label}: "
+            f"{name}</figcaption></figure>")
+
+
 def _samples(out: Path) -> dict[str, list[dict]]:
     samples: dict[str, list[dict]] = {}
     for f in shard_files(out, "pairs"):
@@ -170,7 +218,7 @@ def render_html(out: str | Path, report: dict) -> str:
         ".pair{display:flex;gap:16px;align-items:flex-start;border-top:1px solid #ddd;padding:10px 0}"
         ".pair figure{margin:0;text-align:center;font-size:12px}.prompt{font-size:14px;max-width:420px}"
         "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"
-        ".stats td{text-align:right}</style></head><body>",
+        ".stats td{text-align:right}video.preview{image-rendering:pixelated;background:#000}</style></head><body>",
         f"<h1>pairforge report</h1><p class='sub'>{html.escape(str(out.resolve()))}</p>",
         f"<p>{t['pairs']} pairs, {t['undecided']} undecided, {t['errors']} errors; position bias "
         f"{_pct(t.get('position_bias_rate'))}, abstentions {_pct(t.get('abstention_rate'))}, reward consistency "
@@ -199,15 +247,20 @@ def render_html(out: str | Path, report: dict) -> str:
                 extra += f"<p><b>loser's prompt:</b> {html.escape(r['prompt_l'])}</p>"
             if r.get("edit_dimensions"):
                 extra += f"<p><b>changed:</b> {html.escape(', '.join(r['edit_dimensions']))}</p>"
+            if r.get("motion_prompt"):
+                extra += f"<p><b>motion:</b> {html.escape(r['motion_prompt'])}</p>"
+            if r.get("alignment_kind"):
+                extra += f"<p><b>alignment:</b> {html.escape(r['alignment_kind'])}</p>"
+            if r.get("parent_pair_id"):
+                extra += f"<p><b>parent pair:</b> {html.escape(r['parent_pair_id'])}</p>"
+            if r.get("motion"):
+                extra += "".join(f"<p><b>flow {m['side']}:</b> mean {m['flow_mean']:.2f}, top 5% {m['flow_top']:.2f} px"
+                                 f"{', dynamic' if m['dynamic'] else ', static'}</p>" for m in r["motion"])
             if r.get("ocr"):
                 extra += "".join(f"<p><b>OCR {o['side']}:</b> {html.escape(o['text'] or '(nothing)')} "
                                  f"(NED {o['ned']:.2f})</p>" for o in r["ocr"])
             parts.append(
-                "<div class='pair'>"
-                f"<figure><img src='{_thumbnail(r['image_w']['bytes'])}' alt='winner'><figcaption>winner: "
-                f"{html.escape(r['generator_w']['name'])}</figcaption></figure>"
-                f"<figure><img src='{_thumbnail(r['image_l']['bytes'])}' alt='loser'><figcaption>loser: "
-                f"{html.escape(r['generator_l']['name'])}</figcaption></figure>"
+                f"<div class='pair'>{_media(r, 'w', 'winner')}{_media(r, 'l', 'loser')}"
                 f"<div class='prompt'><p>{html.escape(r['prompt'])}</p><p>label: {r['label_source']}"
                 f"{'' if r['confidence'] is None else ', confidence ' + _num(r['confidence'])}</p>{extra}"
                 f"{_votes_table(r['votes'] or [])}</div></div>")

@@ -1,5 +1,6 @@
 """The HTML report, rendered in headless Chromium (Debian's chromium package, driven by playwright)."""
 
+import base64
 import io
 import shutil
 from datetime import datetime, timezone
@@ -9,10 +10,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from test_media import moving_square
 
+from pipelines import report as report_module
 from pipelines.report import write_html
 from pipelines.stats import compute_stats
 from schemas.pair import pair_schema
+from workers.media import decode_video, mp4_bytes
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -48,7 +52,16 @@ def output(tmp_path):
             "rewards": [{"model": m, "score_w": float(rng.normal(1)), "score_l": float(rng.normal()),
                          "calibrated_w": None, "calibrated_l": None} for m in ("clip", "pickscore")],
             "created_at": datetime.now(timezone.utc), "pipeline_version": "t", "config_hash": "h"})
-    for category in ("composition", "aesthetics", "alignment"):
+    for i in range(2):  # motion_quality: two real H.264 videos per pair, a still one and a moving one
+        rows.append({
+            **rows[i], "pair_id": f"v{i}", "category": "motion_quality", "prompt_l": None, "edit_dimensions": None,
+            "label_source": "vlm_score", "votes": [], "rewards": [], "motion_prompt": "the camera pans left",
+            "video_w": {"bytes": mp4_bytes(moving_square(frames=9, step=3), fps=8), "path": None},
+            "video_l": {"bytes": mp4_bytes(moving_square(frames=9, step=0), fps=8), "path": None},
+            "frames": 9, "fps": 8.0, "width": 64, "height": 48,
+            "motion": [{"side": "w", "flow_mean": 1.5, "flow_top": 12.0, "dynamic": True},
+                       {"side": "l", "flow_mean": 0.0, "flow_top": 0.0, "dynamic": False}]})
+    for category in ("composition", "aesthetics", "alignment", "motion_quality"):
         path = tmp_path / "pairs" / category / "part-r_1-00000-x-000.parquet"
         path.parent.mkdir(parents=True)
         pq.write_table(pa.Table.from_pylist([r for r in rows if r["category"] == category], schema=pair_schema()), path)
@@ -60,12 +73,28 @@ def test_report_has_every_section(output, tmp_path):
     assert report["arena"]["leaderboard"][0]["generator"] == "sd"  # sd won 70% of the simulated pairs
     assert report["totals"]["reward_checked"] == 40
     page = write_html(output, report, tmp_path / "report.html").read_text()
-    assert set(report["arena"]["by_category"]) == {"composition", "aesthetics", "alignment"}
-    assert sum(a["pairs"] for a in report["arena"]["by_category"].values()) == report["arena"]["pairs"] == 40
+    assert set(report["arena"]["by_category"]) == {"composition", "aesthetics", "alignment", "motion_quality"}
+    assert sum(a["pairs"] for a in report["arena"]["by_category"].values()) == report["arena"]["pairs"] == 42
     for alt in ("balance", "agreement", "rates", "arena", "arena_by_category", "win_rate"):
         assert f"alt='{alt}'" in page
-    assert page.count("class='pair'") == 9 and "a &lt;b&gt;bold&lt;/b&gt; boat" in page  # prompts are escaped
+    assert page.count("class='pair'") == 11 and "a &lt;b&gt;bold&lt;/b&gt; boat" in page  # prompts are escaped
     assert "a boat at night" in page and "changed:</b> time" in page
+    # Video pairs: both videos inlined as the stored MP4 (small enough as is), with frames, rate and size.
+    assert page.count("<video class='preview' src='data:video/mp4;base64,") == 4
+    assert page.count("9 frames, 8 fps, 64x48") == 4 and "motion:</b> the camera pans left" in page
+    assert "top 5% 12.00 px, dynamic" in page
+
+
+def test_a_large_video_is_reencoded_smaller_for_the_page(monkeypatch):
+    big = mp4_bytes(moving_square(frames=40, h=96, w=128, step=2), fps=8)
+    monkeypatch.setattr(report_module, "PREVIEW_MAX_BYTES", len(big) - 1)
+    monkeypatch.setattr(report_module, "PREVIEW_SIDE", 64)
+    monkeypatch.setattr(report_module, "PREVIEW_SECONDS", 2.0)
+    url = report_module._video_preview(big)
+    frames, fps = decode_video(base64.b64decode(url.split(",", 1)[1]))
+    assert frames.shape == (16, 48, 64, 3) and fps == 8  # long side 64, aspect kept, 2 s at 8 fps
+    small = mp4_bytes(moving_square(frames=4), fps=8)
+    assert report_module._video_preview(small) == "data:video/mp4;base64," + base64.b64encode(small).decode()
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)")
@@ -83,10 +112,20 @@ def test_report_renders_in_headless_chromium_without_console_errors(output, tmp_
         page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
         page.goto(html_path.as_uri())
         images = page.eval_on_selector_all("img", "els => els.map(e => e.complete && e.naturalWidth > 0)")
+        # Every video preview loads and plays once on screen (Chromium pauses muted autoplay off screen):
+        # metadata read, frames decoded, time advancing.
+        for video in page.query_selector_all("video"):
+            video.scroll_into_view_if_needed()
+            page.wait_for_function("v => v.readyState >= 2 && !v.paused && v.currentTime > 0", arg=video,
+                                   timeout=20_000)
+        videos = page.eval_on_selector_all("video", "els => els.map(v => [v.duration, v.videoWidth, v.videoHeight, "
+                                                    "v.error === null])")
+        page.evaluate("() => window.scrollTo(0, 0)")
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert not problems, problems
     assert images and all(images)  # every figure and thumbnail decoded
+    assert videos == [[pytest.approx(9 / 8), 64, 48, True]] * 4  # 9 frames at 8 fps, decoded without error
     shot_image = Image.open(shot)
     assert shot_image.width == 1200 and shot_image.height > 900 and len(set(shot_image.convert("L").getdata())) > 16
 
