@@ -27,10 +27,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from test_media import moving_square
 
 from pipelines.agreement import compute_agreement, fleiss, kripp_alpha, majority
 from pipelines.annotate import db
 from schemas.pair import pair_schema, undecided_schema
+from workers.media import mp4_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -250,6 +252,74 @@ def test_an_xss_prompt_renders_as_text(server, output):
         assert page.inner_text("#guideline").startswith("Judge COMPOSITION only")
         browser.close()
     assert not problems, problems
+
+
+def write_video_output(root: Path) -> dict[str, dict[str, bytes]]:
+    """motion_quality shards with real H.264 videos (a decided pair and an undecided one, the square moving
+    at a different speed on each side); returns pair id -> letter -> the stored video."""
+    now = datetime.now(timezone.utc)
+    common = {"prompt_source": "t", "width": 64, "height": 48, "frames": 9, "fps": 8.0, "category": "motion_quality",
+              "created_at": now, "pipeline_version": "t", "config_hash": "h", "votes": []}
+    videos = {pid: {"A": mp4_bytes(moving_square(frames=9, step=1 + k), fps=8),
+                    "B": mp4_bytes(moving_square(frames=9, step=4 + k), fps=8)} for k, pid in enumerate(("mq0", "mqu0"))}
+    first = png(7)  # a video pair's image columns hold the first frame it was animated from
+    rows = {
+        "pairs": ([{**common, "pair_id": "mq0", "prompt_id": "q0", "prompt": "a boat, the camera pans left",
+                    "image_w": {"bytes": first, "path": None}, "image_l": {"bytes": first, "path": None},
+                    "video_w": {"bytes": videos["mq0"]["A"], "path": None},
+                    "video_l": {"bytes": videos["mq0"]["B"], "path": None},
+                    "generator_w": generator("wan", 0), "generator_l": generator("wan2.2", 0),
+                    "label_source": "vlm_score", "agreement": 1.0, "confidence": 0.8}], pair_schema()),
+        "undecided": ([{**common, "pair_id": "mqu0", "prompt_id": "q1", "prompt": "a cat, the camera tilts up",
+                        "image_a": {"bytes": first, "path": None}, "image_b": {"bytes": first, "path": None},
+                        "video_a": {"bytes": videos["mqu0"]["A"], "path": None},
+                        "video_b": {"bytes": videos["mqu0"]["B"], "path": None},
+                        "generator_a": generator("wan", 1), "generator_b": generator("wan2.2", 1),
+                        "reason": "gap_too_small"}], undecided_schema()),
+    }
+    for kind, (table_rows, schema) in rows.items():
+        path = root / kind / "motion_quality" / "part-r_1-00000000-000.parquet"
+        path.parent.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(table_rows, schema=schema), path)
+    return videos
+
+
+@needs_chromium
+def test_video_pairs_play_both_videos_side_by_side_from_the_shards(tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    out = tmp_path / "video-out"
+    videos = write_video_output(out)
+    server = Server(out, "--raters", "alice", "--sample", "10", "--gold", "0")
+    try:
+        left = {a["pair_id"]: a["left"] for a in db.all_assignments(engine_of(out))}
+        assert set(left) == {"mq0", "mqu0"}
+        token = server.token("alice")
+        with httpx.Client(base_url=server.base, timeout=10) as c:
+            for pair_id, shown in left.items():  # the bytes served are the stored videos, each on its side
+                for side, letter_shown in (("left", shown), ("right", "B" if shown == "A" else "A")):
+                    r = c.get(f"/r/{token}/media/{pair_id}/{side}")
+                    assert r.status_code == 200 and r.headers["content-type"] == "video/mp4"
+                    assert r.content == videos[pair_id][letter_shown]
+        problems: list[str] = []
+        with playwright.sync_playwright() as p:
+            browser = launch(p)
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            watch(page, problems)
+            for n in (1, 2):
+                page.goto(f"{server.urls['alice']}/{n}")
+                assert page.locator(".side img").count() == 0
+                page.wait_for_function("() => [...document.querySelectorAll('.side video')].every(v => "
+                                       "v.readyState >= 2 && !v.paused && v.currentTime > 0)", timeout=20_000)
+                shown = page.eval_on_selector_all(".side video", "els => els.map(v => [v.videoWidth, v.videoHeight, "
+                                                                 "v.duration, v.muted, v.loop, v.error === null])")
+                assert shown == [[64, 48, pytest.approx(9 / 8), True, True, True]] * 2
+                answer_with_key(page, "1")  # the keys still answer while videos play
+            assert page.url.endswith("/done")
+            browser.close()
+        assert not problems, problems
+        assert {a["pair_id"] for a in db.latest_answers(engine_of(out))} == {"mq0", "mqu0"}
+    finally:
+        server.stop()
 
 
 def test_bad_and_replayed_submissions_get_a_4xx(server, output):

@@ -4,7 +4,8 @@ Routes, all under the rater's secret token:
     GET  /r/{token}                       -> 303 to the first pair the rater has not answered (resume)
     GET  /r/{token}/{n}                   the n-th pair of the rater's queue (1-based)
     POST /r/{token}/{n}                   answer it: form fields pair_id, seq, choice -> 303 to n+1
-    GET  /r/{token}/media/{pair_id}/{side} the left or right image of an assigned pair, read from its shard
+    GET  /r/{token}/media/{pair_id}/{side} the left or right image (video, for a video pair) of an assigned
+                                          pair, read from its shard
     GET  /r/{token}/done                  the end page
 
 Security: the app serves bytes from exactly two places, the shard rows of the study's pairs (the shard
@@ -37,6 +38,8 @@ HERE = Path(__file__).parent
 # What the page's buttons and keys send, mapped to the pair's letters with the rater's left letter.
 SCREEN_CHOICES = ("left", "right", "tie", "cant_tell", "skip")
 SIDE_COLUMNS = {"pairs": {"A": "image_w", "B": "image_l"}, "undecided": {"A": "image_a", "B": "image_b"}}
+# A video pair (the video categories) shows its videos; its image columns hold only the first frames.
+VIDEO_COLUMNS = {"pairs": {"A": "video_w", "B": "video_l"}, "undecided": {"A": "video_a", "B": "video_b"}}
 CSP = ("default-src 'none'; img-src 'self'; media-src 'self'; script-src 'self'; style-src 'self'; "
        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 # Magic numbers of what a shard's image column may hold (images, or a video for the video categories).
@@ -86,18 +89,22 @@ def create_app(out: Path, engine: Engine) -> FastAPI:
     templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True))
     assets = {name: (HERE / "static" / name).read_bytes() for name in ("annotate.js", "annotate.css")}
 
-    @lru_cache(maxsize=64)  # recent pages' images: a rater's back and forth, several raters
-    def media(shard: str, column: str, pair_id: str) -> bytes:
+    @lru_cache(maxsize=64)  # recent pages' media: a rater's back and forth, several raters
+    def media(shard: str, kind: str, letter: str, pair_id: str) -> bytes:
+        """The bytes one side of a pair shows: its video when the row has one, else its image."""
         path = (out / shard).resolve()
         if not path.is_relative_to(out) or not path.is_file():
             raise HTTPException(404, f"the shard of pair {pair_id} is not in the output directory")
+        image, video = SIDE_COLUMNS[kind][letter], VIDEO_COLUMNS[kind][letter]
         try:
-            table = pq.read_table(path, columns=["pair_id", column], filters=pc.field("pair_id") == pair_id)
+            columns = [c for c in (image, video) if c in pq.read_schema(path).names]  # older shards have no video
+            table = pq.read_table(path, columns=["pair_id", *columns], filters=pc.field("pair_id") == pair_id)
         except (OSError, pa.ArrowException) as e:
             raise HTTPException(404, f"the shard of pair {pair_id} cannot be read: {e}") from None
-        if not table.num_rows or table[column][0]["bytes"].as_py() is None:
-            raise HTTPException(404, f"pair {pair_id} has no {column} in {shard}")
-        return table[column][0]["bytes"].as_py()
+        for column in reversed(columns):
+            if table.num_rows and table[column][0].is_valid and table[column][0]["bytes"].as_py() is not None:
+                return table[column][0]["bytes"].as_py()
+        raise HTTPException(404, f"pair {pair_id} has no {image} in {shard}")
 
     def rater_of(token: str) -> str:
         rater = db.rater_for(engine, token)
@@ -164,7 +171,7 @@ def create_app(out: Path, engine: Engine) -> FastAPI:
     def show(token: str, n: int):
         rater, queue, e = queue_entry(token, n)
         first = to_screen(e["choice"], e["left"])
-        kind = media_type(media(e["shard"], SIDE_COLUMNS[e["kind"]]["A"], e["pair_id"])) or "image/png"
+        kind = media_type(media(e["shard"], e["kind"], "A", e["pair_id"])) or "image/png"
         return page("pair.html", rater=rater, token=token, n=n, total=len(queue), e=e,
                     answered=sum(x["seq"] > 0 for x in queue), current=first, video=kind.startswith("video/"),
                     guideline=guideline(e["category"]), choices=SCREEN_CHOICES)
@@ -200,8 +207,7 @@ def create_app(out: Path, engine: Engine) -> FastAPI:
         e = next((x for x in db.queue_of(engine, rater) if x["pair_id"] == pair_id), None)
         if e is None:
             raise HTTPException(403, f"pair {pair_id} is not assigned to this rater")
-        letter = to_letter(side, e["left"])
-        data = media(e["shard"], SIDE_COLUMNS[e["kind"]][letter], pair_id)
+        data = media(e["shard"], e["kind"], to_letter(side, e["left"]), pair_id)
         return Response(data, media_type=media_type(data) or "application/octet-stream",
                         headers={"Cache-Control": "private, max-age=3600"})
 
