@@ -186,7 +186,7 @@ def build_records(rows: list[dict], cfg: RunConfig, category: Category, schema: 
         scores = _json(row.get("scores"), None)
         label = category.label(row, cfg)
         if label.winner is None:
-            out.append({**common, **details, **category.record_values(row, {"a": "a", "b": "b"}), "_kind": "undecided",
+            out.append({**common, **details, **category.record_values(row, {"a": "a", "b": "b"}, cfg), "_kind": "undecided",
                         "reason": label.reason, "prompt_b": row["prompt_b"] if row["prompt_b"] != row["prompt"] else None,
                         **{f"{k}_{s}": (_video if k == "video" else _image)(v, row["pair_id"], s)
                            for s in "ab" for k, v in media[s].items()},
@@ -197,7 +197,7 @@ def build_records(rows: list[dict], cfg: RunConfig, category: Category, schema: 
                     "calibrated_w": r.get(f"calibrated_{w}"), "calibrated_l": r.get(f"calibrated_{lo}")}
                    for r in _json(row.get("rewards"), [])]
         loser_prompt = row[f"prompt_{lo}"]
-        out.append({**common, **details, **category.record_values(row, {"w": w, "l": lo}), "_kind": "pairs",
+        out.append({**common, **details, **category.record_values(row, {"w": w, "l": lo}, cfg), "_kind": "pairs",
                     "label_source": label.source, "agreement": label.agreement, "confidence": label.confidence,
                     "rewards": rewards,
                     "reward_consistent": pair_reward_consistency(rewards),

@@ -77,7 +77,7 @@ class Category:
     - `plan(batch, cfg)`: a numpy batch of its prompts -> a pyarrow table of work rows (pair specs),
       usually via `pipelines.records.plan_table`;
     - `label(row, cfg)`: one finished work row -> a `Label`; the shared record builder turns it into a
-      pair or undecided record, filling the category's `record_fields` from `record_values`.
+      pair or undecided record, filling the category's `record_fields` from `record_values(row, sides, cfg)`.
 
     A `derived` category (the video categories that animate image pairs) takes no prompts: its `plan` gets
     batches of decided pair records of `parent_categories(cfg)`, read from `parents_from` (its config, a
@@ -109,9 +109,9 @@ class Category:
         """A derived category: the categories whose decided pairs it plans from."""
         return []
 
-    def record_values(self, row: dict, sides: dict[str, str]) -> dict:
+    def record_values(self, row: dict, sides: dict[str, str], cfg) -> dict:
         """The values of `record_fields` for one record; `sides` maps the record's side tags to the work
-        row's ("w"/"l" -> "a"/"b" in pairs, "a"/"b" -> themselves in undecided records)."""
+        row's ("w"/"l" -> "a"/"b" in pairs, "a"/"b" -> themselves in undecided records); `cfg` the run's."""
         return {}
 
     @property

@@ -36,7 +36,7 @@ class Lighting(ABCategory):
     def accepts(self, row: dict, cfg) -> bool:
         return len(row["prompt"].split()) >= cfg.categories[self.name].min_words and super().accepts(row, cfg)
 
-    def record_values(self, row: dict, sides: dict[str, str]) -> dict:
+    def record_values(self, row: dict, sides: dict[str, str], cfg) -> dict:
         return {"prompt_words": len(row["prompt"].split())}
 
 

@@ -2,12 +2,16 @@
 one below a fast one, and only moving videos are dynamic; VBench's dynamic-degree rule (frame-rate factor,
 count of moving pairs); RAFT from a local weights file."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from test_media import moving_square
 
+from schemas.category import get_category
+from schemas.config import load_run_config
 from workers.media import mp4_bytes
-from workers.motion import RaftFlow, measure_motion, video_motion
+from workers.motion import RaftFlow, measure_motion, raft_flow, video_motion
 
 
 def test_still_ranks_below_slow_below_fast_on_encoded_mp4s():
@@ -88,3 +92,23 @@ def test_raft_weights_that_do_not_fit_are_one_clear_error(random_raft_small, tmp
         RaftFlow(random_raft_small, "raft_large")
     with pytest.raises(ValueError, match="no such file"):
         RaftFlow(tmp_path / "nope.pth")
+
+
+def test_motion_quality_records_take_the_configured_flow(random_raft_small, tmp_path):
+    demo = Path(__file__).resolve().parents[1] / "configs/demo_video.yaml"
+    row = {"motion_prompt": "the camera pans left", "video_a": mp4_bytes(moving_square(frames=3, h=64, w=64), fps=8),
+           "video_b": mp4_bytes(moving_square(frames=3, h=64, w=64, step=0), fps=8)}
+    category = get_category("motion_quality")
+    records = {}
+    for flow in ("farneback", "raft"):
+        cfg = load_run_config(demo, {"output.path": str(tmp_path / "out"), "categories.motion_quality.flow": flow,
+                                     "categories.motion_quality.raft_weights": str(random_raft_small),
+                                     "categories.motion_quality.raft_model": "raft_small"})
+        records[flow] = category.record_values(row, {"w": "a", "l": "b"}, cfg)["motion"]
+    assert [m["side"] for m in records["raft"]] == ["w", "l"]
+    assert records["farneback"] == [{"side": tag, **video_motion(row[s]).as_dict()} for tag, s in (("w", "video_a"),
+                                                                                                  ("l", "video_b"))]
+    # The RAFT record is the (random) RAFT's measurement, from the one model loaded per weights file.
+    flow = raft_flow(str(random_raft_small), "raft_small")
+    assert records["raft"][0] == {"side": "w", **video_motion(row["video_a"], flow).as_dict()}
+    assert records["raft"] != records["farneback"]

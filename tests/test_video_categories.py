@@ -136,6 +136,9 @@ def test_motion_quality_plans_one_first_frame_for_two_generators(tmp_path):
     ("categories.motion_quality.frame_generator", "wan-i2v", "must be an image generator"),
     ("categories.motion_quality.score_judges", [], "set score_judges"),
     ("categories.motion_quality.min_score_gap", 7.0, "must be below max_score_gap"),
+    ("categories.motion_quality.flow", "raft", "flow: raft needs raft_weights"),
+    ("categories.motion_quality.raft_weights", "/nowhere/raft.pth", "raft_weights /nowhere/raft.pth: no such file"),
+    ("categories.motion_quality.flow", "raft9", "farneback"),
     ("generators.wan-i2v.num_frames", 10, "4k\\+1"),
 ])
 def test_bad_video_config_is_one_clear_error(tmp_path, key, value, error):

@@ -51,7 +51,7 @@ class Alignment(Category):
     def label(self, row: dict, cfg) -> Label:
         return Label("a", "construction", agreement=1.0, confidence=1.0)
 
-    def record_values(self, row: dict, sides: dict[str, str]) -> dict:
+    def record_values(self, row: dict, sides: dict[str, str], cfg) -> dict:
         return {"edit_dimensions": json.loads(row["edit_dimensions"]) if row.get("edit_dimensions") else None}
 
 

@@ -8,12 +8,15 @@ score distribution (`scores`: expected value and spread). The gap is the judges'
 expected(b); pairs whose |gap| is below `min_score_gap` (ambiguous) or above `max_score_gap` (trivial: one
 video broken) are undecided, as ViPO drops the pairs with the smallest and largest score differences. The
 motion signal (workers/motion.py: optical-flow magnitude, VBench dynamic degree) of both videos is stored
-as evidence, not used to decide: more motion is not better motion."""
+as evidence, not used to decide: more motion is not better motion. Its flow is Farneback, or RAFT from a
+local weights file (`flow: raft`, `raft_weights`, `raft_model`)."""
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 from pydantic import Field, model_validator
@@ -36,6 +39,12 @@ class MotionQualityConfig(CategoryConfig):
     min_score_gap: float = Field(0.5, ge=0, description="motion_quality: smaller |expected-score gap| is undecided "
                                                         "(gap_too_small)")
     max_score_gap: float = Field(6.0, gt=0, description="motion_quality: larger |gap| is undecided (gap_too_large)")
+    flow: Literal["farneback", "raft"] = Field("farneback", description="motion_quality: the motion signal's optical "
+                                                                        "flow (raft needs raft_weights)")
+    raft_weights: str | None = Field(None, description="motion_quality: a torchvision RAFT state dict file, e.g. "
+                                                        "Raft_Large_Weights.C_T_V2's .pth (flow: raft)")
+    raft_model: Literal["raft_large", "raft_small"] = Field("raft_large", description="motion_quality: the RAFT "
+                                                                                      "architecture of raft_weights")
 
     @model_validator(mode="after")
     def _band_and_judges(self):
@@ -43,6 +52,10 @@ class MotionQualityConfig(CategoryConfig):
             raise ValueError(f"min_score_gap {self.min_score_gap} must be below max_score_gap {self.max_score_gap}")
         if not self.score_judges:
             raise ValueError("motion_quality is labelled by score judges: set score_judges")
+        if self.flow == "raft" and not self.raft_weights:
+            raise ValueError("flow: raft needs raft_weights (a local torchvision RAFT state dict; nothing downloads)")
+        if self.raft_weights and not Path(self.raft_weights).expanduser().is_file():
+            raise ValueError(f"raft_weights {self.raft_weights}: no such file")
         return self
 
 
@@ -108,11 +121,14 @@ class MotionQuality(Category):
         return score_label(json.loads(row["scores"]) if row.get("scores") else [], ccfg.min_score_gap,
                            ccfg.max_score_gap)
 
-    def record_values(self, row: dict, sides: dict[str, str]) -> dict:
-        from workers.motion import video_motion
+    def record_values(self, row: dict, sides: dict[str, str], cfg) -> dict:
+        from workers.motion import farneback_flow, raft_flow, video_motion
 
+        ccfg = cfg.categories[self.name]
+        flow = raft_flow(str(Path(ccfg.raft_weights).expanduser()), ccfg.raft_model) if ccfg.flow == "raft" \
+            else farneback_flow
         return {"motion_prompt": row["motion_prompt"],
-                "motion": [{"side": tag, **video_motion(row[f"video_{s}"]).as_dict()} for tag, s in sides.items()]}
+                "motion": [{"side": tag, **video_motion(row[f"video_{s}"], flow).as_dict()} for tag, s in sides.items()]}
 
 
 register(MotionQuality())

@@ -57,7 +57,7 @@ class TextRendering(Category):
             return Label("a" if ocr["exact_a"] else "b", "ocr", agreement=1.0, confidence=None)
         return panel_decision(row, cfg.panels[cfg.categories[self.name].panel])
 
-    def record_values(self, row: dict, sides: dict[str, str]) -> dict:
+    def record_values(self, row: dict, sides: dict[str, str], cfg) -> dict:
         ocr = json.loads(row["ocr"]) if row.get("ocr") else None
         return {"required_text": json.loads(row["required_text"]) if row.get("required_text") else None,
                 "ocr": [{"side": tag, "text": ocr[f"text_{s}"], "exact": ocr[f"exact_{s}"], "ned": ocr[f"ned_{s}"]}

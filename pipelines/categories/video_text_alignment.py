@@ -73,7 +73,7 @@ class VideoTextAlignment(Category):
     def label(self, row: dict, cfg) -> Label:
         return Label("a", "construction", agreement=1.0, confidence=1.0)
 
-    def record_values(self, row: dict, sides: dict[str, str]) -> dict:
+    def record_values(self, row: dict, sides: dict[str, str], cfg) -> dict:
         return {k: row[k] for k in ("parent_pair_id", "motion_prompt", "alignment_kind")}
 
 

@@ -66,7 +66,7 @@ class VisualQuality(Category):
         """Side a animates the parent's winner (see `plan`)."""
         return Label("a", "inherited", agreement=1.0)
 
-    def record_values(self, row: dict, sides: dict[str, str]) -> dict:
+    def record_values(self, row: dict, sides: dict[str, str], cfg) -> dict:
         return {"parent_pair_id": row["parent_pair_id"], "motion_prompt": row["motion_prompt"]}
 
 
