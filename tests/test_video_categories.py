@@ -250,3 +250,22 @@ def test_training_reads_each_model_its_own_media_from_a_mixed_output(video_demo)
     for fs in video.values():
         for f in fs:
             assert pq.read_table(f, columns=["video_w"]).column(0).null_count == 0
+
+
+def test_the_report_plays_the_demo_videos(video_demo, tmp_path):
+    """`pairforge stats --html` on the real video output: each sampled video pair inlines both stored MP4s as
+    playing <video> elements (the browser plays them in tests/test_report.py), never its first frames."""
+    import base64
+    import re
+
+    from pipelines.report import SAMPLES_PER_CATEGORY, write_html
+    from pipelines.stats import compute_stats
+
+    _, out, _, _, files, rows = video_demo
+    page = write_html(out, compute_stats(out), tmp_path / "report.html").read_text()
+    stored = {r[f"video_{t}"]["bytes"] for r in rows["pairs"] if r["category"] in VIDEO_CATEGORIES for t in "wl"}
+    shown = [base64.b64decode(m) for m in re.findall(r"<video class='preview' src='data:video/mp4;base64,([^']+)'", page)]
+    pairs = {c: sum(r["category"] == c for r in rows["pairs"]) for c in VIDEO_CATEGORIES}
+    assert len(shown) == 2 * sum(min(n, SAMPLES_PER_CATEGORY) for n in pairs.values()) > 0
+    assert set(shown) <= stored  # the demo's videos are small: inlined as stored
+    assert page.count("9 frames, 8 fps, 64x64") == len(shown)
