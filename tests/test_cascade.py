@@ -130,7 +130,6 @@ def test_only_uncertain_pairs_reach_the_large_panel(ray_session, tmp_path):
             assert r["decided_by"] == "cascade:small" and r["confidence"] == small.confidence >= ESCALATE_BELOW
             assert judges == {"qwen2-vl-a": 2}  # the large judges never saw it
         assert r["cascade_small"]["confidence"] == small.confidence
-    print("confidences", sorted(label_by(cfg.panels["anatomy"], r["votes"]).confidence or 0 for r in rows))
     assert 0 < escalated < 8, "the test needs both outcomes: move ESCALATE_BELOW"
     c = report["categories"]["composition"]["cascade"]
     assert (c["labelled"], c["escalated"], c["escalated_share"]) == (8, escalated, round(escalated / 8, 4))
@@ -144,4 +143,4 @@ def test_only_uncertain_pairs_reach_the_large_panel(ray_session, tmp_path):
     assert report["categories"]["composition"]["votes"] == 2 * 8 + 2 * 2 * escalated
 
 
-ESCALATE_BELOW = 0.75
+ESCALATE_BELOW = 0.64  # the small panel's confidences here run 0.56-0.67: six pairs escalate, two do not
