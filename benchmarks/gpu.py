@@ -96,7 +96,7 @@ def _time_generator(name: str, spec: tuple, keep_models: bool) -> str:
         line = (f"generator {name:<15} {width}x{height} {steps:>2} steps: {n / total:8.3f} images/s "
                 f"({total / n:.2f} s per image)")
     print(f"{line}  [load {ready:.0f} s, {device}]", flush=True)
-    del pipe
+    pipe = None  # frees the model before the next one loads (the closure above holds it otherwise)
     if device == "cuda":
         torch.cuda.empty_cache()
     if ref.startswith("random:") and not keep_models:
@@ -130,11 +130,12 @@ def judge(args) -> None:
         from workers.model_refs import resolve_model_ref
 
         resolve_model_ref(model)  # built here, so neither backend's load time includes the build
-    out = _run(["benchmarks/judge_backends.py", "--model", model, *sizes], timeout=900)
+    out = _run(["benchmarks/judge_backends.py", "--model", model, *sizes, "--backends", args.judge_backends],
+               timeout=900)
     ratio = re.search(r"vllm / transformers = ([\d.]+)x", out)
     rates = dict(re.findall(r"(\w+): +([\d.]+) pairs/s", out))
     print(f"judge {model}: transformers {rates.get('transformers')} pairs/s, vllm {rates.get('vllm')} pairs/s, "
-          f"vllm / transformers = {ratio.group(1) if ratio else None}x", flush=True)
+          f"vllm / transformers = {f'{ratio.group(1)}x' if ratio else 'n/a (needs both backends)'}", flush=True)
 
 
 def training_pairs(out: Path, n: int, size: int) -> Path:
@@ -184,6 +185,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="the tiny kit on CPU (minutes), instead of full size on a GPU")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    ap.add_argument("--judge-backends", default="transformers,vllm",
+                    help="judge backends to time (the ratio needs both; vLLM's engine start takes minutes on CPU)")
     ap.add_argument("--keep-models", action="store_true", help="keep the built random: models in the cache")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     ap.add_argument("--section", help=argparse.SUPPRESS)  # one section, run by main() in a child process
@@ -208,7 +211,7 @@ def main() -> None:
     for section in args.only.split(","):
         t0 = time.perf_counter()
         cmd = [sys.executable, __file__, "--section", section, "--work", work, "--threads", str(args.threads)]
-        cmd += ["--tiny"] * args.tiny + ["--keep-models"] * args.keep_models
+        cmd += ["--tiny"] * args.tiny + ["--keep-models"] * args.keep_models + ["--judge-backends", args.judge_backends]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         print(proc.stdout, end="", flush=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("generator ", "judge ", "train ", "pipeline "))]

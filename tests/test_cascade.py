@@ -89,8 +89,8 @@ def test_bad_cascade_config_names_the_key(tmp_path, cascade, error):
 
 
 def test_a_judge_needed_on_both_sides_of_the_gate_is_refused(tmp_path):
-    # aesthetics escalates to `main` (with qwen2.5-vl-b), which composition's small panel runs before the gate.
-    with pytest.raises((ValueError, ConfigError), match="judges after the cascade's gate here, but before it as a small judge of"):
+    # composition's small panel `tiny` runs qwen2.5-vl-b before the gate; aesthetics needs it (in `main`) after.
+    with pytest.raises((ValueError, ConfigError), match="judges after the cascade's gate here, but before it as a small"):
         small_run_config(tmp_path, categories=("composition", "aesthetics"), overrides={
             ("panels", "tiny"): {"judges": ["qwen2.5-vl-b"], "quorum": 1},
             ("categories", "composition", "cascade"): {"panel": "tiny"},
