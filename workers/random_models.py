@@ -77,6 +77,9 @@ SD_VAE = dict(act_fn="silu", block_out_channels=[128, 256, 512, 512], down_block
 FLUX_VAE = {**SD_VAE, "latent_channels": 16, "sample_size": 1024, "scaling_factor": 0.3611, "shift_factor": 0.1159,
             "use_quant_conv": False, "use_post_quant_conv": False}
 
+# Wan2.1 VAE (diffusers' AutoencoderKLWan defaults, written out)
+WAN_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
+
 RANDOM_MODELS = {"sd15": "generator", "sdxl": "generator", "flux-dev": "generator", "wan2.1-t2v-14b": "generator",
                  "qwen2.5-vl-7b": "judge"}
 
@@ -200,7 +203,7 @@ def build_random(name: str, out: Path, device: str | None = None) -> None:
         else:  # wan2.1-t2v-14b
             t5_tok = tiny_t5_tokenizer(max_len=512)
             pipe = WanPipeline(
-                tokenizer=t5_tok, transformer=net, vae=AutoencoderKLWan(),  # the defaults are Wan2.1's VAE
+                tokenizer=t5_tok, transformer=net, vae=AutoencoderKLWan(**WAN_VAE),
                 text_encoder=tf.UMT5EncoderModel(tf.UMT5Config(**UMT5_XXL, pad_token_id=0, eos_token_id=1,
                                                                decoder_start_token_id=0)),
                 scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
