@@ -125,7 +125,7 @@ def _run(cmd: list[str], timeout: float) -> str:
 def judge(args) -> None:
     model = "tiny:qwen2.5-vl-b" if args.tiny else "random:qwen2.5-vl-7b"
     sizes = ["--pairs", "8", "--batch", "4", "--size", "64"] if args.tiny else \
-        ["--pairs", "256", "--batch", "32", "--size", "512"]
+        ["--pairs", "256", "--batch", "16", "--size", "512"]  # transformers keeps all positions' logits: ~15 GB at 32
     if not args.tiny:
         from workers.model_refs import resolve_model_ref
 

@@ -138,6 +138,9 @@ def test_only_uncertain_pairs_reach_the_large_panel(ray_session, tmp_path):
     if large_decided:
         agree = sum(r["cascade_small"]["lean"] == "w" for r in large_decided)
         assert c["small_agreement"] == round(agree / len(large_decided), 4)
+    from pipelines.stats import format_stats
+
+    assert f"composition cascade: {escalated} of 8 escalated to the large panel" in format_stats(report)
     # The calls the cascade saved: two votes per judge call, the small judge on every pair, the two large-only
     # judges on the escalated ones.
     assert report["categories"]["composition"]["votes"] == 2 * 8 + 2 * 2 * escalated
