@@ -133,7 +133,7 @@ def _cascade_counters(table: pa.Table, cats: dict[str, Counter], decided: bool) 
         return
     small = table.column("cascade_small")
     t = table.select(["category"]).append_column("small", pc.is_valid(small)).append_column(
-        "escalated", pc.and_(pc.is_valid(small), pc.equal(table.column("decided_by"), "panel")))
+        "escalated", pc.and_(pc.is_valid(small), pc.fill_null(pc.equal(table.column("decided_by"), "panel"), False)))
     if decided:
         lean, winner = pc.struct_field(small, "lean"), pc.struct_field(small, "winner")
         t = t.append_column("lean_w", pc.and_(t["escalated"], pc.fill_null(pc.equal(lean, "w"), False)))
@@ -141,6 +141,7 @@ def _cascade_counters(table: pa.Table, cats: dict[str, Counter], decided: bool) 
         t = t.append_column("winner_w", pc.and_(t["escalated"], pc.fill_null(pc.equal(winner, "w"), False)))
     sums = ["small", "escalated"] + (["lean_w", "small_won", "winner_w"] if decided else [])
     for g in _grouped(t, ["category"], *[(c, "sum") for c in sums]):
+        g = {k: v or 0 for k, v in g.items()}  # a group's sum over no true value is 0, not null
         c = cats[g["category"]]
         c["cascade_rows"] += g["small_sum"]
         c["cascade_escalated"] += g["escalated_sum"]

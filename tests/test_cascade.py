@@ -147,3 +147,37 @@ def test_only_uncertain_pairs_reach_the_large_panel(ray_session, tmp_path):
 
 
 ESCALATE_BELOW = 0.64  # the small panel's confidences here run 0.56-0.67: six pairs escalate, two do not
+
+
+def test_stats_count_escalations_and_small_vs_large_agreement(tmp_path):
+    from datetime import datetime, timezone
+
+    from pipelines.stats import compute_stats
+    from schemas.pair import pair_schema, undecided_schema
+
+    def small(winner, lean, confidence=None, reason=None):
+        return {"winner": winner, "lean": lean, "reason": reason, "confidence": confidence}
+
+    common = {"prompt": "p", "prompt_source": "s", "created_at": datetime.now(timezone.utc), "pipeline_version": "t",
+              "config_hash": "h", "width": 8, "height": 8, "votes": []}
+    shards = {("pairs", "composition"): [
+        {"label_source": "vlm_panel", "decided_by": "cascade:small", "cascade_small": small("w", "w", 0.9)},
+        {"label_source": "vlm_panel", "decided_by": "panel", "cascade_small": small(None, "w", reason="tie")},
+        {"label_source": "vlm_panel", "decided_by": "panel", "cascade_small": small("l", "l", 0.6)},  # overruled
+    ], ("undecided", "composition"): [
+        {"reason": "tie", "decided_by": "panel", "cascade_small": small(None, "a", reason="no_quorum")},
+    ], ("pairs", "aesthetics"): [  # no cascade: a plain panel label
+        {"label_source": "vlm_panel", "decided_by": "panel", "cascade_small": None},
+        {"label_source": "ocr", "decided_by": None, "cascade_small": None},
+    ]}
+    for (kind, category), rows in shards.items():
+        path = tmp_path / kind / category / "part-r_1-00000-x-000.parquet"
+        path.parent.mkdir(parents=True)
+        schema = pair_schema() if kind == "pairs" else undecided_schema()
+        pq.write_table(pa.Table.from_pylist([{**common, "category": category, "pair_id": f"{category}{i}",
+                                              "prompt_id": str(i), **r} for i, r in enumerate(rows)], schema=schema), path)
+    report = compute_stats(tmp_path)
+    assert report["categories"]["composition"]["cascade"] == {
+        "labelled": 4, "escalated": 3, "escalated_share": 0.75, "large_decided": 2, "small_agreement": 0.5,
+        "small_decided": 1, "small_decided_agreement": 0.0}
+    assert report["categories"]["aesthetics"]["cascade"] is None
