@@ -134,7 +134,8 @@ def judge(args) -> None:
                timeout=900)
     ratio = re.search(r"vllm / transformers = ([\d.]+)x", out)
     rates = dict(re.findall(r"(\w+): +([\d.]+) pairs/s", out))
-    print(f"judge {model}: transformers {rates.get('transformers')} pairs/s, vllm {rates.get('vllm')} pairs/s, "
+    print(f"judge {model}: " + ", ".join(f"{b} {rates[b] + ' pairs/s' if b in rates else 'not run'}"
+                                         for b in ("transformers", "vllm")) + ", "
           f"vllm / transformers = {f'{ratio.group(1)}x' if ratio else 'n/a (needs both backends)'}", flush=True)
 
 
