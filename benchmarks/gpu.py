@@ -126,12 +126,17 @@ def judge(args) -> None:
     model = "tiny:qwen2.5-vl-b" if args.tiny else "random:qwen2.5-vl-7b"
     sizes = ["--pairs", "8", "--batch", "4", "--size", "64"] if args.tiny else \
         ["--pairs", "256", "--batch", "16", "--size", "512"]  # transformers keeps all positions' logits: ~15 GB at 32
+    path = None
     if not args.tiny:
         from workers.model_refs import resolve_model_ref
 
-        resolve_model_ref(model)  # built here, so neither backend's load time includes the build
-    out = _run(["benchmarks/judge_backends.py", "--model", model, *sizes, "--backends", args.judge_backends],
-               timeout=900)
+        path = resolve_model_ref(model)  # built here, so neither backend's load time includes the build
+    try:
+        out = _run(["benchmarks/judge_backends.py", "--model", model, *sizes, "--backends", args.judge_backends],
+                   timeout=900)
+    finally:
+        if path and not args.keep_models:
+            shutil.rmtree(path, ignore_errors=True)
     ratio = re.search(r"vllm / transformers = ([\d.]+)x", out)
     rates = dict(re.findall(r"(\w+): +([\d.]+) pairs/s", out))
     print(f"judge {model}: " + ", ".join(f"{b} {rates[b] + ' pairs/s' if b in rates else 'not run'}"
