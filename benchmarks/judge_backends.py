@@ -8,6 +8,7 @@ vLLM / transformers ratio measured in this run.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import time
 
@@ -58,6 +59,12 @@ def main() -> None:
               f"{args.pairs} pairs, {args.size}px, batch {args.batch} pairs)", flush=True)
         if hasattr(backend, "close"):
             backend.close()
+        del backend  # free the model (a GPU's memory) before the next backend loads
+        gc.collect()
+        if pick_device() == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
     if {"vllm", "transformers"} <= rates.keys():
         print(f"vllm / transformers = {rates['vllm'] / rates['transformers']:.2f}x")
 

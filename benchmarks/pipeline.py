@@ -43,6 +43,12 @@ def composition_config(out: Path, n: int, size: int):
         g.update(width=size, height=size)
     data["categories"] = {"composition": {**data["categories"]["composition"], "target_pairs": None,
                                           "sources": ["bench"]}}
+    import torch
+
+    if torch.cuda.is_available():  # every model pool shares the one GPU (the in-process baselines use it too)
+        pools = [m for section in ("generators", "judges", "rewards") for m in data[section].values()]
+        for m in pools:
+            m.setdefault("pool", {})["num_gpus"] = round(0.9 / len(pools), 3)
     return RunConfig.model_validate(data)
 
 

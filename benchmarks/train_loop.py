@@ -31,12 +31,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--resolution", type=int, default=64)
+    ap.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=torch.cuda.is_available(),
+                    help="both loops on the GPU, bf16 autocast (default: when there is one)")
     args = ap.parse_args()
     setup_worker(1)
+    device = "cuda" if args.gpu else "cpu"
     out = tempfile.mkdtemp(prefix="pf-bench-")
     cfg = TrainConfig(name="bench", model=args.model, output=out, batch_size=args.batch, max_steps=args.steps,
                       checkpoint_every=args.steps, data={"paths": [args.pairs], "resolution": args.resolution},
-                      ray={"num_cpus": 4})
+                      ray={"num_cpus": 4}, use_gpu=args.gpu, mixed_precision="bf16" if args.gpu else "no")
     warmup = min(5, args.steps // 3)
 
     # plain loop: decode every pair up front (what a single process would do), then step
@@ -44,7 +47,7 @@ def main() -> None:
     decoded = decode_batch(pq.read_table(files, columns=["pair_id", "prompt", "image_w", "image_l"]), cfg.data)
     data = {"prompt": np.array(decoded.column("prompt").to_pylist(), dtype=object),
             "pixels_w": tensor_column(decoded, "pixels_w"), "pixels_l": tensor_column(decoded, "pixels_l")}
-    trainer = PreferenceTrainer(DiffusionPipeline.from_pretrained(resolve_model_ref(args.model)), cfg)
+    trainer = PreferenceTrainer(DiffusionPipeline.from_pretrained(resolve_model_ref(args.model)), cfg, device)
     rng = torch.Generator().manual_seed(0)
     n = len(data["prompt"])
     times = []
@@ -53,6 +56,8 @@ def main() -> None:
         batch = {k: v[idx] for k, v in data.items()}
         t0 = time.perf_counter()
         trainer.step(batch, rng)
+        if args.gpu:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     plain = 1 / np.mean(times[warmup:])
 
@@ -62,7 +67,7 @@ def main() -> None:
     with open(Path(out) / "bench" / "metrics.csv") as f:
         step_s = [float(r["step_s"]) for r in csv.DictReader(f)]
     ray_rate = 1 / np.mean(step_s[warmup:])
-    print(f"plain torch loop: {plain:6.2f} steps/s  (batch {args.batch} pairs, {args.resolution}px, {n} pairs)")
+    print(f"plain torch loop: {plain:6.2f} steps/s  (batch {args.batch} pairs, {args.resolution}px, {n} pairs, {device})")
     print(f"Ray Train loop:   {ray_rate:6.2f} steps/s  (steady state; whole fit incl. start-up {wall:.1f} s)")
     print(f"Ray Train / plain = {ray_rate / plain:.2f}x")
 

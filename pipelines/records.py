@@ -89,7 +89,9 @@ def plan_table(cfg: RunConfig, category: str, rows: list[dict]) -> pa.Table:
     frame_b, parent_pair_id, and `frame`, the side spec of a first frame to draw). Extras that decide the
     pair's content (`_HASHED_EXTRAS`) go into the pair id."""
     ccfg = cfg.categories[category]
-    judges = ",".join(cfg.panels[ccfg.panel].judges) if ccfg.panel else ""
+    # With a cascade, rows name its small panel; the escalation gate adds the large panel (pipelines/cascade.py).
+    first_panel = ccfg.cascade.panel if ccfg.cascade else ccfg.panel
+    judges = ",".join(cfg.panels[first_panel].judges) if first_panel else ""
     out = []
     for r in rows:
         if r.get("candidates"):
@@ -185,8 +187,10 @@ def build_records(rows: list[dict], cfg: RunConfig, category: Category, schema: 
         details = {**size, "votes": _json(row.get("votes"), [])}
         scores = _json(row.get("scores"), None)
         label = category.label(row, cfg)
+        details["decided_by"] = label.decided_by
         if label.winner is None:
             out.append({**common, **details, **category.record_values(row, {"a": "a", "b": "b"}, cfg), "_kind": "undecided",
+                        "cascade_small": _cascade_small(label.cascade_small, {"a": "a", "b": "b"}),
                         "reason": label.reason, "prompt_b": row["prompt_b"] if row["prompt_b"] != row["prompt"] else None,
                         **{f"{k}_{s}": (_video if k == "video" else _image)(v, row["pair_id"], s)
                            for s in "ab" for k, v in media[s].items()},
@@ -199,6 +203,7 @@ def build_records(rows: list[dict], cfg: RunConfig, category: Category, schema: 
         loser_prompt = row[f"prompt_{lo}"]
         out.append({**common, **details, **category.record_values(row, {"w": w, "l": lo}, cfg), "_kind": "pairs",
                     "label_source": label.source, "agreement": label.agreement, "confidence": label.confidence,
+                    "cascade_small": _cascade_small(label.cascade_small, {w: "w", lo: "l"}),
                     "rewards": rewards,
                     "reward_consistent": pair_reward_consistency(rewards),
                     "prompt_l": loser_prompt if loser_prompt != row["prompt"] else None,
@@ -230,6 +235,13 @@ def pick_from_candidates(row: dict, models: list[str]) -> dict:
                 "calibrated_b": cal[lo, k]} for k, m in enumerate(models)]
     return {**row, "image_a": images[w], "image_b": images[lo], "gen_a": gens[w], "gen_b": gens[lo],
             "seed_a": seeds[w], "seed_b": seeds[lo], "rewards": json.dumps(rewards), "candidates": candidates}
+
+
+def _cascade_small(small: dict | None, tags: dict[str, str]) -> dict | None:
+    """The small panel's verdict with its working sides renamed to the record's tags."""
+    if small is None:
+        return None
+    return {**small, "winner": tags.get(small["winner"]), "lean": tags.get(small["lean"])}
 
 
 def _scores(scores: list[dict] | None, tags: dict[str, str]) -> list[dict] | None:

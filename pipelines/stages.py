@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data import ActorPoolStrategy
 
+from pipelines.cascade import escalation_gate, order_judges, small_judges
 from pipelines.routing import run_categories
 from schemas.config import PoolConfig, RunConfig
 from workers.generator import DiffusersGenerator, VideoGenerator
@@ -112,7 +113,8 @@ def used_models(cfg: RunConfig) -> dict[str, list[str]]:
         "perturbers": {p for p in perturbers if cfg.perturbers[p].kind == "llm"},
         "generators": {g for c in cats for g in c.generators} | ({getattr(c, "frame_generator", None) for c in cats} - {None}),
         "ocr": {getattr(c, "ocr", None) for c in cats} - {None},
-        "judges": {j for c in cats if c.panel for j in cfg.panels[c.panel].judges} | {j for c in cats for j in c.score_judges},
+        "judges": {j for c in cats if c.panel for j in cfg.panels[c.panel].judges} | {j for c in cats for j in c.score_judges}
+                  | {j for c in cats if c.cascade for j in cfg.panels[c.cascade.panel].judges},
         "rewards": {r for c in cats for r in c.rewards},
     }
     return {kind: [n for n in getattr(cfg, kind) if n in names] for kind, names in used.items()}
@@ -143,7 +145,7 @@ def pool_specs(cfg: RunConfig, model_paths: dict[str, str], marker_nonce: str | 
     for name in used["ocr"]:
         specs.append((OcrReader, "ocr", name, cfg.ocr[name], {}))
     rubrics = {name: category.rubric for name, category in run_categories(cfg).items()}
-    for name in used["judges"]:
+    for name in order_judges(cfg, used["judges"]):  # a cascade's small judges first (pipelines/cascade.py)
         j = cfg.judges[name]
         specs.append((VLMJudge, "judge", name, j, dict(model_path=model_paths[j.model], nonce=marker_nonce,
                                                           rubrics=rubrics)))
@@ -164,7 +166,12 @@ def apply_worker_pools(ds, cfg: RunConfig, model_paths: dict[str, str], runtime_
     # when the whole block is done, so a big block (the planner's are up to 8192 rows) keeps the next pool
     # idle meanwhile, and a killed actor loses the whole block's work.
     ds = ds.repartition(target_num_rows_per_block=min(c.batch_size for _, _, c, _ in specs))
-    for worker_cls, stage, c, kwargs in specs:
+    early = small_judges(cfg)
+    gate_after = max((i for i, (_, stage, _, _) in enumerate(specs) if stage.startswith("judge:") and stage[6:] in early),
+                     default=None)
+    for i, (worker_cls, stage, c, kwargs) in enumerate(specs):
         ds = ds.map_batches(pool_stage(worker_cls, stage), batch_size=c.batch_size, **pool_args(c.pool, runtime_env),
                             fn_constructor_kwargs=dict(progress=progress, **kwargs))
+        if i == gate_after:
+            ds = ds.map_batches(escalation_gate, fn_kwargs=dict(cfg=cfg), batch_format="pyarrow")
     return ds

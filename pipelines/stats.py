@@ -19,8 +19,9 @@ from schemas.pair import UNDECIDED_REASONS
 
 _GENERATORS = ["generator_w.name", "generator_w.model", "generator_l.name", "generator_l.model"]  # the Arena's
 _COLUMNS = {
-    "pairs": ["category", "label_source", "votes", "agreement", "confidence", "rewards", "scores", *_GENERATORS],
-    "undecided": ["category", "reason", "votes"],
+    "pairs": ["category", "label_source", "votes", "agreement", "confidence", "rewards", "scores", "decided_by",
+              "cascade_small", *_GENERATORS],
+    "undecided": ["category", "reason", "votes", "decided_by", "cascade_small"],
     "errors": ["category"],
 }
 GAP_SCHEMA = pa.schema([("pair_id", pa.string()), ("category", pa.string()), ("winner", pa.string()),
@@ -124,6 +125,33 @@ def _score_counters(table: pa.Table, cats: dict[str, Counter]) -> None:
         c["score_std"] += g["spread_sum"]
 
 
+def _cascade_counters(table: pa.Table, cats: dict[str, Counter], decided: bool) -> None:
+    """Judge cascades (rows with a small-panel verdict): rows labelled, rows escalated to the large panel,
+    and on the escalated rows the large panel decided, how often the small panel's pooled evidence leaned
+    to the same image and how often it had itself decided it (just not confidently enough)."""
+    if "cascade_small" not in table.column_names:  # shards written before cascades existed
+        return
+    small = table.column("cascade_small")
+    t = table.select(["category"]).append_column("small", pc.is_valid(small)).append_column(
+        "escalated", pc.and_(pc.is_valid(small), pc.fill_null(pc.equal(table.column("decided_by"), "panel"), False)))
+    if decided:
+        lean, winner = pc.struct_field(small, "lean"), pc.struct_field(small, "winner")
+        t = t.append_column("lean_w", pc.and_(t["escalated"], pc.fill_null(pc.equal(lean, "w"), False)))
+        t = t.append_column("small_won", pc.and_(t["escalated"], pc.is_valid(winner)))
+        t = t.append_column("winner_w", pc.and_(t["escalated"], pc.fill_null(pc.equal(winner, "w"), False)))
+    sums = ["small", "escalated"] + (["lean_w", "small_won", "winner_w"] if decided else [])
+    for g in _grouped(t, ["category"], *[(c, "sum") for c in sums]):
+        g = {k: v or 0 for k, v in g.items()}  # a group's sum over no true value is 0, not null
+        c = cats[g["category"]]
+        c["cascade_rows"] += g["small_sum"]
+        c["cascade_escalated"] += g["escalated_sum"]
+        if decided:
+            c["cascade_escalated_decided"] += g["escalated_sum"]
+            c["cascade_lean_agrees"] += g["lean_w_sum"]
+            c["cascade_small_decided"] += g["small_won_sum"]
+            c["cascade_small_agrees"] += g["winner_w_sum"]
+
+
 def compute_stats(out: str | Path) -> dict:
     out = Path(out)
     cats: dict[str, Counter] = defaultdict(Counter)
@@ -149,6 +177,7 @@ def compute_stats(out: str | Path) -> dict:
         _vote_counters(t, cats)
         _reward_counters(t, cats, reward_right)
         _score_counters(t, cats)
+        _cascade_counters(t, cats, decided=True)
         for g in _grouped(_arena_games(t, "category"), ["category", "winner", "loser"]):
             wins[g["category"], g["winner"], g["loser"]] += g["count_all"]
     for t in _tables(out, "undecided"):
@@ -156,6 +185,7 @@ def compute_stats(out: str | Path) -> dict:
             cats[g["category"]]["undecided"] += g["count_all"]
             reasons[g["category"]][g["reason"]] += g["count_all"]
         _vote_counters(t, cats)
+        _cascade_counters(t, cats, decided=False)
     for t in _tables(out, "errors"):
         for g in _grouped(t, ["category"]):
             cats[g["category"]]["errors"] += g["count_all"]
@@ -184,6 +214,16 @@ def compute_stats(out: str | Path) -> dict:
                        "mean_expected_l": rate(c["score_l"], c["scored"]),
                        "agrees_with_label": rate(c["score_agrees"], c["scored"]),
                        "mean_std": rate(c["score_std"], 2 * c["scored"])} if c["scored"] else None,
+            # Judge cascade: the share of its labelled rows that went to the large panel; on those the large
+            # panel decided, the small panel's agreement with it (by where its evidence leaned, and on the
+            # ones it had decided below escalate_below).
+            "cascade": {"labelled": c["cascade_rows"], "escalated": c["cascade_escalated"],
+                        "escalated_share": rate(c["cascade_escalated"], c["cascade_rows"]),
+                        "large_decided": c["cascade_escalated_decided"],
+                        "small_agreement": rate(c["cascade_lean_agrees"], c["cascade_escalated_decided"]),
+                        "small_decided": c["cascade_small_decided"],
+                        "small_decided_agreement": rate(c["cascade_small_agrees"], c["cascade_small_decided"]),
+                        } if c["cascade_rows"] else None,
         }
         report["totals"].update({k: c[k] for k in summed})
     t = report["totals"]
@@ -330,6 +370,12 @@ def format_stats(report: dict) -> str:
             lines.append(f"  {cat} scores: winners {sc['mean_expected_w']:.2f} vs losers {sc['mean_expected_l']:.2f}, "
                          f"higher for the winner in {sc['agrees_with_label']:.1%} of {sc['scored']} (pair, judge), "
                          f"mean spread {sc['mean_std']:.2f}")
+        if c.get("cascade"):
+            k = c["cascade"]
+            agree = "-" if k["small_agreement"] is None else f"{k['small_agreement']:.1%}"
+            lines.append(f"  {cat} cascade: {k['escalated']} of {k['labelled']} escalated to the large panel "
+                         f"({k['escalated_share']:.1%}); on the {k['large_decided']} it decided, the small panel "
+                         f"leaned the same way on {agree}")
     for m, r in report["rewards"].items():
         lines.append(f"  reward {m}: agrees with the label on {r['agrees_with_label']:.1%} of {r['pairs']} pairs")
     if report["totals"].get("reward_consistency") is not None:

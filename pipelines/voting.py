@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass
 
 from schemas.category import Label
-from schemas.config import PanelConfig
+from schemas.config import PanelConfig, RunConfig
 
 TIE_MARGIN = PanelConfig.model_fields["tie_margin"].default
 TEXT_VOTE_P = PanelConfig.model_fields["text_vote_p"].default
@@ -122,8 +122,45 @@ def panel_label(votes: list[dict], judges: list[str], quorum: int, tie_margin: f
     return PanelLabel(winner, None, n_win / len(voting), _sigmoid(abs(pooled)), pooled, verdicts)
 
 
-def panel_decision(row: dict, panel: PanelConfig) -> Label:
-    """The label pipelines.records.build_records stores: the panel's verdict on the row's `votes` JSON."""
-    label = panel_label(json.loads(row.get("votes") or "[]"), panel.judges, panel.quorum, panel.tie_margin,
-                        panel.text_vote_p, panel.logit_scale)
-    return Label(label.winner, "vlm_panel", label.reason, label.agreement, label.confidence)
+def row_votes(row: dict) -> list[dict]:
+    """A finished work row's votes (every judge that ran on it)."""
+    return json.loads(row.get("votes") or "[]")
+
+
+def label_by(panel: PanelConfig, votes: list[dict]) -> PanelLabel:
+    return panel_label(votes, panel.judges, panel.quorum, panel.tie_margin, panel.text_vote_p, panel.logit_scale)
+
+
+def escalates(small: PanelLabel, escalate_below: float) -> bool:
+    """The cascade's rule: the large panel judges a pair unless the small panel decided it with confidence at
+    least `escalate_below`. Every undecided outcome escalates: a tie, no quorum, a conflict between the count
+    and the pooled evidence, all abstained."""
+    return small.winner is None or small.confidence < escalate_below
+
+
+def _lean(label: PanelLabel) -> str | None:
+    """The image the pooled evidence favours, decided or not (None: no evidence, or exactly even)."""
+    s = label.pooled_log_odds_a
+    return None if not s else "a" if s > 0 else "b"
+
+
+def panel_decision(row: dict, cfg: RunConfig, category: str) -> Label:
+    """The label pipelines.records.build_records stores for a category labelled by its panel: the panel's
+    verdict on the row's votes, or with a cascade (`categories.<name>.cascade`) the small panel's when it does
+    not escalate (pipelines/cascade.py ran the large panel only on the rows that escalate), else the large
+    panel's. `decided_by` names which; `cascade_small` keeps the small panel's verdict either way, for the
+    small-vs-large agreement in the stats."""
+    ccfg = cfg.categories[category]
+    votes = row_votes(row)
+    small = None
+    if ccfg.cascade is not None:
+        small = label_by(cfg.panels[ccfg.cascade.panel], votes)
+        if not escalates(small, ccfg.cascade.escalate_below):
+            return _label(small, "cascade:small", small)
+    return _label(label_by(cfg.panels[ccfg.panel], votes), "panel", small)
+
+
+def _label(label: PanelLabel, decided_by: str, small: PanelLabel | None) -> Label:
+    summary = None if small is None else {"winner": small.winner, "lean": _lean(small), "reason": small.reason,
+                                          "confidence": small.confidence}
+    return Label(label.winner, "vlm_panel", label.reason, label.agreement, label.confidence, decided_by, summary)

@@ -28,6 +28,18 @@ from pydantic import BaseModel, ConfigDict, Field
 BUILTINS = "pipelines.categories"  # imported once, on first read of the registry; it registers the built-ins
 
 
+class CascadeConfig(BaseModel):
+    """A judge cascade (`categories.<name>.cascade`): the small panel labels every pair first; the category's
+    `panel` (the large one) judges only the pairs the small panel escalates (rule: pipelines/cascade.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    panel: str = Field(description="the small panel (name in `panels`), run before the category's `panel`")
+    escalate_below: float = Field(
+        0.8, gt=0.5, le=1, description="a small-panel label whose confidence (the winner's probability) is below "
+                                       "this goes to the large panel; so does every pair it leaves undecided")
+
+
 class CategoryConfig(BaseModel):
     """The settings every category has (`categories.<name>` in the run config); a category that needs more
     subclasses this and names its subclass in `Category.config`."""
@@ -40,6 +52,9 @@ class CategoryConfig(BaseModel):
     generators: list[str] = Field(min_length=1, description="as many as the category needs (`Category.generators`): "
                                                             "two for A-vs-B categories, one with existing_images")
     panel: str | None = Field(None, description="the VLM panel that labels the category's pairs (name in `panels`)")
+    cascade: CascadeConfig | None = Field(
+        None, description="a first panel of small judges; `panel` sees only the pairs it is unsure of "
+                          "(pipelines/cascade.py)")
     score_judges: list[str] = Field([], description="judges that also give each image of a pair a 1-10 score "
                                                     "distribution by the category's rubric (stored in `scores`)")
     rewards: list[str] = []
@@ -66,6 +81,8 @@ class Label:
     reason: str | None = None     # why undecided
     agreement: float | None = None
     confidence: float | None = None
+    decided_by: str | None = None  # panel labels: "cascade:small" | "panel" (the record's `decided_by`)
+    cascade_small: dict | None = None  # a cascade's small-panel verdict, sides "a" / "b" (the record's `cascade_small`)
 
 
 class Category:

@@ -392,13 +392,37 @@ class RunConfig(Strict):
                 self._check_video_judges(where, c, *sizes.pop())
         for p, panel in self.panels.items():
             check("judge", panel.judges, self.judges, f"panels.{p}.judges")
+        self._check_cascades()
         return self
+
+    def _check_cascades(self) -> None:
+        """A cascade names a small panel other than the category's own, and the judge pools can run in two
+        phases: every small-panel judge before the escalation gate, every large-panel judge that is not also
+        in its category's small panel after it (pipelines/stages.py). A judge in both phases cannot be."""
+        cascades = {cat: c for cat, c in self.categories.items() if c.cascade is not None}
+        for cat, c in cascades.items():
+            where = f"categories.{cat}.cascade.panel"
+            if c.cascade.panel not in self.panels:
+                raise ValueError(f"{where}: unknown panel {c.cascade.panel!r} (defined: {sorted(self.panels) or 'none'})")
+            if c.panel is None:
+                raise ValueError(f"categories.{cat}.cascade: needs the category's `panel` (the large panel it escalates to)")
+            if c.cascade.panel == c.panel:
+                raise ValueError(f"{where}: the small panel is the category's own panel {c.panel!r}; name a panel of "
+                                 "smaller judges")
+        early = {j: cat for cat, c in cascades.items() for j in self.panels[c.cascade.panel].judges}
+        for cat, c in cascades.items():
+            for judge in self.panels[c.panel].judges:
+                if judge in early and judge not in self.panels[c.cascade.panel].judges:
+                    raise ValueError(f"categories.{cat}.panel: judge {judge!r} judges after the cascade's gate here, but "
+                                     f"before it as a small judge of {early[judge]}; add it to this category's small "
+                                     f"panel {c.cascade.panel!r} too, or use another judge in one of the two panels")
 
     def _check_video_judges(self, where: str, c: CategoryConfig, width: int, height: int) -> None:
         """Pre-flight: each judge's largest request on this category's videos fits its context (a pairwise
         request shows two videos, a score request one), before any model loads."""
         panel = getattr(c, "panel", None)
-        requests = {j: 2 for j in (self.panels[panel].judges if panel else [])}
+        small = self.panels[c.cascade.panel].judges if c.cascade and c.cascade.panel in self.panels else []
+        requests = {j: 2 for j in (self.panels[panel].judges if panel else []) + small}
         for judge in c.score_judges:
             requests.setdefault(judge, 1)
         for judge, videos in requests.items():

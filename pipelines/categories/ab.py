@@ -49,4 +49,4 @@ class ABCategory(Category):
         ccfg = cfg.categories[self.name]
         if ccfg.best_of_n:
             return Label("a", "reward")
-        return panel_decision(row, cfg.panels[ccfg.panel])
+        return panel_decision(row, cfg, self.name)

@@ -55,7 +55,7 @@ class TextRendering(Category):
         ocr = json.loads(row["ocr"]) if row.get("ocr") else None
         if ocr and ocr["exact_a"] != ocr["exact_b"]:
             return Label("a" if ocr["exact_a"] else "b", "ocr", agreement=1.0, confidence=None)
-        return panel_decision(row, cfg.panels[cfg.categories[self.name].panel])
+        return panel_decision(row, cfg, self.name)
 
     def record_values(self, row: dict, sides: dict[str, str], cfg) -> dict:
         ocr = json.loads(row["ocr"]) if row.get("ocr") else None
