@@ -95,6 +95,7 @@ class Category:
     record_fields: ClassVar[tuple[tuple[str, pa.DataType], ...]] = ()  # extra shard columns, null elsewhere
     prompt_filter: ClassVar[str] = ""         # what `accepts` wants, in a few words (for the "nothing to do" line)
     derived: ClassVar[bool] = False           # plans from decided image pairs, not prompts (see above)
+    gold_sources: ClassVar[tuple[str, ...]] = ()  # label sources whose winner is constructed truth (annotation gold)
 
     def accepts(self, row: dict, cfg) -> bool:
         return True
@@ -156,6 +157,13 @@ def registered() -> dict[str, Category]:
             _builtins_loaded = False
             raise
     return _REGISTRY
+
+
+def is_gold(category: str, label_source: str | None) -> bool:
+    """Whether a pair of `category` labelled by `label_source` has a constructed truth (the category's
+    `gold_sources`); a category this session has not registered has none."""
+    known = registered().get(category)
+    return known is not None and label_source in known.gold_sources
 
 
 def get_category(name: str) -> Category:

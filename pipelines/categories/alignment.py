@@ -27,6 +27,7 @@ class Alignment(Category):
         "and style the prompt describes, with nothing contradicting it. Ignore aesthetics.")
     generators = (1, 1)
     required = ("perturber",)
+    gold_sources = ("construction",)  # the image of the original prompt wins over the perturbed one's
     record_fields = (("edit_dimensions", pa.list_(pa.string())),)  # the dimensions the loser's prompt changed
 
     def plan(self, batch: dict, cfg):

@@ -30,6 +30,7 @@ class TextRendering(Category):
         "and on the intended surface. Prefer correct spelling over style; penalise extra or garbled glyphs.")
     generators = (2, None)
     required = ("panel", "ocr")
+    gold_sources = ("ocr",)  # one image reads the required text exactly, the other does not
     record_fields = (("required_text", pa.list_(pa.string())),  # the spans the image must show
                      ("ocr", pa.list_(OCR_READ)))               # both images' OCR reads
     prompt_filter = "quoted text"
