@@ -28,7 +28,6 @@ conflict.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
@@ -123,7 +122,7 @@ def panel_label(votes: list[dict], judges: list[str], quorum: int, tie_margin: f
 
 
 def panel_decision(row: dict, panel: PanelConfig) -> Label:
-    """The label pipelines.records.build_records stores: the panel's verdict on the row's `votes` JSON."""
-    label = panel_label(json.loads(row.get("votes") or "[]"), panel.judges, panel.quorum, panel.tie_margin,
+    """The label pipelines.records.build_records stores: the panel's verdict on the row's `votes`."""
+    label = panel_label(row.get("votes") or [], panel.judges, panel.quorum, panel.tie_margin,
                         panel.text_vote_p, panel.logit_scale)
     return Label(label.winner, "vlm_panel", label.reason, label.agreement, label.confidence)

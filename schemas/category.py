@@ -106,6 +106,12 @@ class Category:
     def label(self, row: dict, cfg) -> Label:
         raise NotImplementedError
 
+    def wants_panel(self, row: dict) -> bool:
+        """Whether the panel still votes on a work row that reaches the judges (`row`: its columns but the
+        media, after the pools before the judges). False when those pools' results already decide the
+        pair, as text_rendering's OCR may: the category decides, the pools only read and score."""
+        return True
+
     def parent_categories(self, cfg) -> list[str]:
         """A derived category: the categories whose decided pairs it plans from."""
         return []

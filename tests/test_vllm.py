@@ -298,10 +298,10 @@ def test_llm_perturber_changes_the_drawn_number_of_dimensions_under_a_json_schem
     out = perturber(batch).to_pylist()
     first = out[0]
     assert first["error_b"] is None and first["prompt_b"]
-    assert len(json.loads(first["edit_dimensions"])) == 1 and set(json.loads(first["edit_dimensions"])) <= set(DIMENSIONS)
+    assert len(first["edit_dimensions"]) == 1 and set(first["edit_dimensions"]) <= set(DIMENSIONS)
     three = out[1]  # three dimensions must be distinct: a model that repeats one is reported, not guessed
     if three["error_b"] is None:
-        assert len(set(json.loads(three["edit_dimensions"]))) == 3
+        assert len(set(three["edit_dimensions"])) == 3
     else:
         assert three["prompt_b"] is None and "does not change 3 known dimensions" in three["error_b"]
     assert out[2]["prompt_b"] is None and out[2]["error_b"] is None  # another perturber's row passes through

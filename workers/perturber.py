@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from pipelines.perturb import DIMENSIONS
 from schemas.config import PerturberConfig
+from schemas.work import work_array
 from workers.llm_client import OpenAIClient, import_vllm, start_vllm
 from workers.rubrics import data_markers, new_nonce, sanitize_untrusted
 from workers.runtime import column, setup_worker, with_columns
@@ -106,5 +107,5 @@ class LLMPerturber:
             for i, text in zip(todo, self._generate(clean, [int(ks[i]) for i in todo])):
                 edited, dims, error = parse_edit(text, int(ks[i]))
                 out["prompt_b"][i], out["error_b"][i] = edited, error
-                out["edit_dimensions"][i] = json.dumps(dims) if dims else None
-        return with_columns(batch, **{c: pa.array(v, pa.string()) for c, v in out.items()})
+                out["edit_dimensions"][i] = dims
+        return with_columns(batch, **{c: work_array(c, v) for c, v in out.items()})

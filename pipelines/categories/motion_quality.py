@@ -12,7 +12,6 @@ as evidence, not used to decide: more motion is not better motion."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pyarrow as pa
@@ -105,8 +104,7 @@ class MotionQuality(Category):
 
     def label(self, row: dict, cfg) -> Label:
         ccfg = cfg.categories[self.name]
-        return score_label(json.loads(row["scores"]) if row.get("scores") else [], ccfg.min_score_gap,
-                           ccfg.max_score_gap)
+        return score_label(row.get("scores") or [], ccfg.min_score_gap, ccfg.max_score_gap)
 
     def record_values(self, row: dict, sides: dict[str, str]) -> dict:
         from workers.motion import video_motion
