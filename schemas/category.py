@@ -3,7 +3,7 @@
 A category is one object in one file: its name, media, what it needs from the run config, its own
 config model, its rubric, its extra record fields and its `accepts` / `plan` / `label` steps. The
 built-in ones live in `pipelines/categories/` (one module each); a new one is a `Category` subclass
-passed to `register()` (see the README, "Adding a category").
+passed to `register()` (see the README, "Adding a category, a worker kind or a backend").
 
 Layering: this module is the bottom (schemas) half: it imports nothing from `pipelines` or `workers`.
 The built-ins register themselves when `pipelines.categories` is imported, which `registered()` does
