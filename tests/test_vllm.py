@@ -82,7 +82,7 @@ def test_vllm_judge_actor_votes_like_the_transformers_one(engine, judge_path):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, format="PNG")
         return buf.getvalue()
 
-    batch = pa.table({"judges": ["v,t"] * 3, "category": ["composition"] * 3, "prompt": ["a red door"] * 3,
+    batch = pa.table({"judges": [["v", "t"]] * 3, "category": ["composition"] * 3, "prompt": ["a red door"] * 3,
                       "image_a": pa.array([png() for _ in range(3)], pa.binary()),
                       "image_b": pa.array([png() for _ in range(3)], pa.binary())})
     vllm_judge = VLMJudge("v", JudgeConfig(model=judge_path, backend="vllm").model_dump(), judge_path, nonce=NONCE,
@@ -90,7 +90,6 @@ def test_vllm_judge_actor_votes_like_the_transformers_one(engine, judge_path):
     tf_judge = VLMJudge("t", JudgeConfig(model=judge_path, dtype="float32").model_dump(), judge_path, nonce=NONCE)
     out = tf_judge(vllm_judge(batch))
     for votes in out.column("votes").to_pylist():
-        votes = json.loads(votes)
         by = {(v["judge"], v["order"]): v for v in votes}
         for order in ("AB", "BA"):
             assert by[("v", order)]["choice"] == by[("t", order)]["choice"]
