@@ -65,12 +65,12 @@ def planned_rows(files: list[str], n: int):
     import pyarrow as pa
     import ray
 
-    from pipelines.run import WORK_SCHEMA
+    from schemas.work import PLANNED_SCHEMA
 
     def as_planned(batch: pa.Table) -> pa.Table:
         ids = batch["pair_id"]
         return pa.Table.from_arrays([ids if f.name == "pair_id" else pa.repeat(pa.scalar(CATEGORY if f.name == "category"
-                                     else None, f.type), len(ids)) for f in WORK_SCHEMA], schema=WORK_SCHEMA)
+                                     else None, f.type), len(ids)) for f in PLANNED_SCHEMA], schema=PLANNED_SCHEMA)
 
     def fresh(batch: dict) -> dict:
         rng = np.random.default_rng(int(batch["id"][0]))

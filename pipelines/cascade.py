@@ -34,7 +34,7 @@ def order_judges(cfg: RunConfig, judges: list[str]) -> list[str]:
 
 def escalation_gate(batch: pa.Table, cfg: RunConfig) -> pa.Table:
     """Rows of cascade categories whose small-panel label escalates get their large panel's judges added to
-    `judges`; every other row passes unchanged. Rows a pool failed on keep `stage_error` and are skipped
+    `judges` (a list of names); every other row passes unchanged. Rows a pool failed on keep `stage_error` and are skipped
     by the later pools anyway."""
     judges = column(batch, "judges")
     categories, errors, votes = column(batch, "category"), column(batch, "stage_error"), column(batch, "votes")
@@ -45,6 +45,6 @@ def escalation_gate(batch: pa.Table, cfg: RunConfig) -> pa.Table:
             continue
         small = label_by(cfg.panels[ccfg.cascade.panel], row_votes({"votes": votes[i]}))
         if escalates(small, ccfg.cascade.escalate_below):
-            named = judges[i].split(",")
-            out[i] = ",".join(named + [j for j in cfg.panels[ccfg.panel].judges if j not in named])
-    return with_columns(batch, judges=pa.array(out, pa.string()))
+            named = list(judges[i])
+            out[i] = named + [j for j in cfg.panels[ccfg.panel].judges if j not in named]
+    return with_columns(batch, judges=pa.array(out, pa.list_(pa.string())))

@@ -1,18 +1,9 @@
 """Pair planning and record building shared by every category (schemas/category.py).
 
 A category plans *pair specs* (which generator draws each side from which prompt and seed, who labels
-it) and decides a winner; this module turns specs into the working columns the worker pools read,
-and finished rows into typed records of the pair, undecided or error kind.
-
-Working columns: pair_id, category, prompt, prompt_id, prompt_source, gen_a/gen_b (generator names;
-"" for an existing image), prompt_a/prompt_b, seed_a/seed_b, image_a/image_b (PNG bytes), judges,
-reward_models, perturber, edit_k, edit_dimensions, ocr_engine, required_text, ocr (JSON strings), and for
-best-of-N rows cand_gens, cand_seeds (JSON lists), cand_images (PNG bytes), cand_scores (JSON, per model);
-score_judges (comma-separated, like judges). Video rows (categories with media "video"): frame_a/frame_b (PNG,
-the first frame each side's video starts from), video_a/video_b (MP4 bytes, written by the video generators),
-frame_gen/seed_frame (the image generator that draws a shared first frame from `prompt`, when the row has
-none), parent_pair_id (the image pair a derived row animates), motion_prompt, alignment_kind.
-stage_error: the pool that failed on the row (pipelines/stages.py), which makes it an error record.
+it) and decides a winner; this module turns specs into work rows (schemas/work.py: the typed columns
+the worker pools read and write), and finished rows into typed records of the pair, undecided or error
+kind. A row that a pool failed on (`stage_error`, pipelines/stages.py) becomes an error record.
 """
 
 from __future__ import annotations
@@ -29,6 +20,7 @@ from pipelines.store import ERROR_SCHEMA
 from schemas.category import Category
 from schemas.config import RunConfig
 from schemas.pair import PIPELINE_VERSION, make_pair_id, pair_schema, stable_hash, undecided_schema
+from schemas.work import PLANNED_SCHEMA
 
 EXISTING = ""  # gen_a of a side that is the prompt's existing image, not a generator's
 
@@ -42,17 +34,7 @@ def row_schema() -> pa.Schema:
         fields.setdefault(f.name, f.type)
     return pa.schema(list(fields.items()) + [("_kind", pa.string())])
 
-WORK_COLUMNS = {
-    "pair_id": pa.string(), "category": pa.string(), "prompt": pa.string(), "prompt_id": pa.string(),
-    "prompt_source": pa.string(), "gen_a": pa.string(), "gen_b": pa.string(), "prompt_a": pa.string(),
-    "prompt_b": pa.string(), "seed_a": pa.int64(), "seed_b": pa.int64(), "image_a": pa.binary(),
-    "image_b": pa.binary(), "judges": pa.string(), "reward_models": pa.string(), "perturber": pa.string(),
-    "edit_k": pa.int64(), "edit_dimensions": pa.string(), "ocr_engine": pa.string(), "required_text": pa.string(),
-    "ocr": pa.string(), "cand_gens": pa.string(), "cand_seeds": pa.string(), "cand_images": pa.list_(pa.binary()),
-    "cand_scores": pa.string(), "score_judges": pa.string(), "frame_a": pa.binary(), "frame_b": pa.binary(),
-    "video_a": pa.binary(), "video_b": pa.binary(), "frame_gen": pa.string(), "seed_frame": pa.int64(),
-    "parent_pair_id": pa.string(), "motion_prompt": pa.string(), "alignment_kind": pa.string(),
-}
+
 # Planned extras that decide a pair's content, hashed into its pair id with the side specs.
 _HASHED_EXTRAS = ("perturber", "edit_k", "edit_dimensions", "required_text", "parent_pair_id", "frame", "motion_prompt",
                   "alignment_kind")
@@ -91,7 +73,7 @@ def plan_table(cfg: RunConfig, category: str, rows: list[dict]) -> pa.Table:
     ccfg = cfg.categories[category]
     # With a cascade, rows name its small panel; the escalation gate adds the large panel (pipelines/cascade.py).
     first_panel = ccfg.cascade.panel if ccfg.cascade else ccfg.panel
-    judges = ",".join(cfg.panels[first_panel].judges) if first_panel else ""
+    judges = list(cfg.panels[first_panel].judges) if first_panel else []
     out = []
     for r in rows:
         if r.get("candidates"):
@@ -99,8 +81,8 @@ def plan_table(cfg: RunConfig, category: str, rows: list[dict]) -> pa.Table:
             out.append({
                 "pair_id": make_pair_id(category, r["prompt_id"], {"candidates": cands}), "category": category,
                 "prompt": r["prompt"], "prompt_id": r["prompt_id"], "prompt_source": r["prompt_source"],
-                "prompt_a": r["prompt"], "prompt_b": r["prompt"], "judges": "", "reward_models": ",".join(ccfg.rewards),
-                "cand_gens": json.dumps([c["generator"] for c in cands]), "cand_seeds": json.dumps([c["seed"] for c in cands]),
+                "prompt_a": r["prompt"], "prompt_b": r["prompt"], "judges": [], "reward_models": ccfg.rewards,
+                "cand_gens": [c["generator"] for c in cands], "cand_seeds": [c["seed"] for c in cands],
             })
             continue
         a, b = r["a"], r["b"]
@@ -112,18 +94,16 @@ def plan_table(cfg: RunConfig, category: str, rows: list[dict]) -> pa.Table:
             "gen_a": a["generator"] if a else EXISTING, "gen_b": b["generator"],
             "prompt_a": a["prompt"] if a else r["prompt"], "prompt_b": b["prompt"],
             "seed_a": a["seed"] if a else 0, "seed_b": b["seed"], "image_a": r.get("image_a"),
-            "judges": judges if r.get("judged", True) else "", "score_judges": ",".join(ccfg.score_judges),
-            "reward_models": ",".join(ccfg.rewards),
-            "perturber": r.get("perturber"), "edit_k": r.get("edit_k"),
-            "edit_dimensions": json.dumps(r["edit_dimensions"]) if r.get("edit_dimensions") is not None else None,
-            "ocr_engine": r.get("ocr_engine"),
-            "required_text": json.dumps(r["required_text"]) if r.get("required_text") is not None else None,
+            "judges": judges if r.get("judged", True) else [], "score_judges": ccfg.score_judges,
+            "reward_models": ccfg.rewards, "perturber": r.get("perturber"), "edit_k": r.get("edit_k"),
+            "edit_dimensions": r.get("edit_dimensions"), "ocr_engine": r.get("ocr_engine"),
+            "required_text": r.get("required_text"),
             "frame_a": r.get("frame_a"), "frame_b": r.get("frame_b"), "parent_pair_id": r.get("parent_pair_id"),
             "motion_prompt": r.get("motion_prompt"), "alignment_kind": r.get("alignment_kind"),
             "frame_gen": r["frame"]["generator"] if r.get("frame") else None,
             "seed_frame": r["frame"]["seed"] if r.get("frame") else None,
         })
-    return pa.Table.from_pylist(out, schema=pa.schema(WORK_COLUMNS))
+    return pa.Table.from_pylist(out, schema=PLANNED_SCHEMA)
 
 
 def prompt_rows(batch: dict) -> list[dict]:
@@ -161,10 +141,6 @@ def _media(row: dict, video: bool) -> tuple[dict, dict]:
             {"width": info.width, "height": info.height, "frames": info.frames, "fps": info.fps})
 
 
-def _json(value, default):
-    return json.loads(value) if isinstance(value, str) and value else default
-
-
 def build_records(rows: list[dict], cfg: RunConfig, category: Category, schema: pa.Schema) -> pa.Table:
     """Finished working rows of one category -> one table of pair, undecided and error records (`_kind`) in
     `schema` (`row_schema()`): the category's `label` decides, its `record_values` fill its own fields."""
@@ -184,8 +160,8 @@ def build_records(rows: list[dict], cfg: RunConfig, category: Category, schema: 
             continue
         gen = {s: generator_record(cfg, row[f"gen_{s}"], row[f"seed_{s}"], row["prompt_source"]) for s in ("a", "b")}
         media, size = _media(row, video)
-        details = {**size, "votes": _json(row.get("votes"), [])}
-        scores = _json(row.get("scores"), None)
+        details = {**size, "votes": row.get("votes") or []}
+        scores = row.get("scores")
         label = category.label(row, cfg)
         details["decided_by"] = label.decided_by
         if label.winner is None:
@@ -199,7 +175,7 @@ def build_records(rows: list[dict], cfg: RunConfig, category: Category, schema: 
         w, lo = label.winner, "b" if label.winner == "a" else "a"
         rewards = [{"model": r["model"], "score_w": r[f"score_{w}"], "score_l": r[f"score_{lo}"],
                     "calibrated_w": r.get(f"calibrated_{w}"), "calibrated_l": r.get(f"calibrated_{lo}")}
-                   for r in _json(row.get("rewards"), [])]
+                   for r in row.get("rewards") or []]
         loser_prompt = row[f"prompt_{lo}"]
         out.append({**common, **details, **category.record_values(row, {"w": w, "l": lo}, cfg), "_kind": "pairs",
                     "label_source": label.source, "agreement": label.agreement, "confidence": label.confidence,
@@ -218,8 +194,8 @@ def pick_from_candidates(row: dict, models: list[str]) -> dict:
     """A best-of-N row -> the pair its rewards choose, as an ordinary two-sided row (winner on side a).
     Raw scores -> CaPO calibrated rewards per model -> Pareto selection (one model: best vs worst); every
     candidate's scores, calibrated rewards and front are kept in `candidates`."""
-    images, gens, seeds = row.get("cand_images") or [], json.loads(row["cand_gens"]), json.loads(row["cand_seeds"])
-    scores = _json(row.get("cand_scores"), {})
+    images, gens, seeds = row.get("cand_images") or [], row["cand_gens"], row["cand_seeds"]
+    scores = {s["model"]: s["scores"] for s in row.get("cand_scores") or []}
     raw = np.array([[s if s is not None else np.nan for s in scores.get(m, [None] * len(gens))] for m in models],
                    dtype=np.float64).T
     if len(images) != len(gens) or any(im is None for im in images) or np.isnan(raw).any():
@@ -234,7 +210,7 @@ def pick_from_candidates(row: dict, models: list[str]) -> dict:
     rewards = [{"model": m, "score_a": raw[w, k], "score_b": raw[lo, k], "calibrated_a": cal[w, k],
                 "calibrated_b": cal[lo, k]} for k, m in enumerate(models)]
     return {**row, "image_a": images[w], "image_b": images[lo], "gen_a": gens[w], "gen_b": gens[lo],
-            "seed_a": seeds[w], "seed_b": seeds[lo], "rewards": json.dumps(rewards), "candidates": candidates}
+            "seed_a": seeds[w], "seed_b": seeds[lo], "rewards": rewards, "candidates": candidates}
 
 
 def _cascade_small(small: dict | None, tags: dict[str, str]) -> dict | None:

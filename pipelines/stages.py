@@ -2,9 +2,12 @@
 
 Rows name the models they need (`perturber`, `gen_a`/`gen_b`, `frame_gen`, `ocr_engine`, `judges`,
 `reward_models`); each pool fills in the rows that name it and passes the rest through, so a model
-is loaded once per actor however many categories use it. Order: perturbers (they write the prompts
-generators draw), image generators, video generators (they may animate a frame drawn in the row), OCR
-(it decides some text-rendering pairs before any judge runs), judges, reward models.
+is loaded once per actor however many categories use it. The pools come from one table, `WORKER_KINDS`,
+in pipeline order: perturbers (they write the prompts generators draw), image generators, video
+generators (they may animate a frame drawn in the row), OCR (its reads may decide text-rendering pairs
+before any judge runs), judges, reward models. A new kind of worker is one entry there plus its actor
+(workers/), which declares the work columns it reads and writes (schemas/work.py); `stage_list` checks
+them when the pipeline is built, before any model loads.
 
 Every pool actor runs its worker inside a `PoolStage`, which reports to the run's progress actor
 (pipelines/progress.py) and catches errors row by row: when a worker raises on a batch, the batch is
@@ -19,6 +22,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,7 +32,9 @@ from ray.data import ActorPoolStrategy
 
 from pipelines.cascade import escalation_gate, order_judges, small_judges
 from pipelines.routing import run_categories
+from schemas.category import CategoryConfig
 from schemas.config import PoolConfig, RunConfig
+from schemas.work import check_stages
 from workers.generator import DiffusersGenerator, VideoGenerator
 from workers.judge import VLMJudge
 from workers.ocr import OcrReader
@@ -104,56 +112,91 @@ def pool_args(pool: PoolConfig, runtime_env: dict | None) -> dict:
     return args
 
 
-def used_models(cfg: RunConfig) -> dict[str, list[str]]:
-    """Per kind, the configured names some category of this run uses, in config order. `perturber` and `ocr`
-    are fields of some categories' own config models only."""
-    cats = cfg.categories.values()
-    perturbers = {getattr(c, "perturber", None) for c in cats} - {None}
-    used = {
-        "perturbers": {p for p in perturbers if cfg.perturbers[p].kind == "llm"},
-        "generators": {g for c in cats for g in c.generators} | ({getattr(c, "frame_generator", None) for c in cats} - {None}),
-        "ocr": {getattr(c, "ocr", None) for c in cats} - {None},
-        "judges": {j for c in cats if c.panel for j in cfg.panels[c.panel].judges} | {j for c in cats for j in c.score_judges}
-                  | {j for c in cats if c.cascade for j in cfg.panels[c.cascade.panel].judges},
-        "rewards": {r for c in cats for r in c.rewards},
-    }
-    return {kind: [n for n in getattr(cfg, kind) if n in names] for kind, names in used.items()}
+@dataclass(frozen=True)
+class Build:
+    """What the constructor kwargs of a run's pools are made from."""
+
+    model_paths: dict[str, str]        # model ref -> what the workers load (pipelines.run.resolve_models)
+    nonce: str | None                  # the run's data-marker nonce (judges and perturbers)
+    categories: dict[str, Any]         # the run's category objects (pipelines.routing.run_categories)
+
+
+@dataclass(frozen=True)
+class WorkerKind:
+    """One kind of worker pool: its stage name (`stage:name` in logs, progress and cost), the run config's
+    section of its models, its actor class, which of that section's names a category's config uses, which
+    of the section's entries it serves, the model refs an entry loads (what `tiny:` resolution and the
+    manifest see) and the actor's constructor kwargs besides `name` and `cfg`."""
+
+    stage: str
+    section: str
+    actor: type
+    uses: Callable[[RunConfig, CategoryConfig], Iterable[str | None]]
+    kwargs: Callable[[Any, Build], dict]
+    refs: Callable[[Any], list[str]] = lambda c: [c.model]
+    serves: Callable[[Any], bool] = lambda c: True
+
+
+def _generators(cfg: RunConfig, c: CategoryConfig) -> list[str | None]:
+    return [*c.generators, getattr(c, "frame_generator", None)]
+
+
+def _judges(cfg: RunConfig, c: CategoryConfig) -> list[str]:
+    return [*(cfg.panels[c.panel].judges if c.panel else []), *c.score_judges,
+            *(cfg.panels[c.cascade.panel].judges if c.cascade else [])]
+
+
+def _model_path(c, b: Build) -> dict:
+    return dict(model_path=b.model_paths[c.model])
+
+
+# In pipeline order. `perturber`, `ocr` and `frame_generator` are fields of some categories' own config models.
+WORKER_KINDS: tuple[WorkerKind, ...] = (
+    WorkerKind("perturber", "perturbers", LLMPerturber, uses=lambda cfg, c: [getattr(c, "perturber", None)],
+               serves=lambda p: p.kind == "llm",  # the lexicon perturber edits at planning time
+               refs=lambda p: [p.model] if p.backend == "vllm" else [],  # openai: a served model's name
+               kwargs=lambda p, b: dict(model_path=b.model_paths.get(p.model, p.model), nonce=b.nonce)),
+    # Image generators before video generators: a video may start from an image drawn in the same row.
+    WorkerKind("generator", "generators", DiffusersGenerator, uses=_generators, serves=lambda g: g.media == "image",
+               kwargs=_model_path),
+    WorkerKind("generator", "generators", VideoGenerator, uses=_generators, serves=lambda g: g.media == "video",
+               kwargs=_model_path),
+    WorkerKind("ocr", "ocr", OcrReader, uses=lambda cfg, c: [getattr(c, "ocr", None)],
+               refs=lambda o: [d for d in (o.det_model_dir, o.rec_model_dir) if d], kwargs=lambda o, b: {}),
+    WorkerKind("judge", "judges", VLMJudge, uses=_judges,
+               kwargs=lambda j, b: dict(**_model_path(j, b), nonce=b.nonce, categories=b.categories)),
+    WorkerKind("reward", "rewards", RewardScorer, uses=lambda cfg, c: c.rewards,
+               refs=lambda r: [r.model, *([r.checkpoint] if r.checkpoint else [])],
+               kwargs=lambda r, b: dict(**_model_path(r, b), checkpoint_path=b.model_paths.get(r.checkpoint))),
+)
+
+
+def stage_list(cfg: RunConfig) -> list[tuple[WorkerKind, str, Any]]:
+    """The run's pools in pipeline order, (kind, name, its config): per kind, the names some category of
+    the run uses, in config order. Raises ConfigError (one line) unless every column each stage reads is
+    planned or written by an earlier stage (schemas/work.py)."""
+    stages = []
+    for kind in WORKER_KINDS:
+        section = getattr(cfg, kind.section)
+        used = {n for c in cfg.categories.values() for n in kind.uses(cfg, c)}
+        names = [name for name in section if name in used and kind.serves(section[name])]
+        if kind.actor is VLMJudge:
+            names = order_judges(cfg, names)  # a cascade's small judges first (pipelines/cascade.py)
+        stages += [(kind, name, section[name]) for name in names]
+    check_stages([(f"{kind.stage}:{name}", kind.actor) for kind, name, _ in stages])
+    return stages
 
 
 def model_refs(cfg: RunConfig) -> list[str]:
     """The model refs a run loads (what `tiny:` / `pkg:` / `rapidocr:` resolution and the manifest care about)."""
-    used = used_models(cfg)
-    return ([cfg.perturbers[p].model for p in used["perturbers"] if cfg.perturbers[p].backend == "vllm"]
-            + [cfg.generators[g].model for g in used["generators"]]
-            + [cfg.judges[j].model for j in used["judges"]] + [cfg.rewards[r].model for r in used["rewards"]]
-            + [cfg.rewards[r].checkpoint for r in used["rewards"] if cfg.rewards[r].checkpoint]
-            + [d for o in used["ocr"] for d in (cfg.ocr[o].det_model_dir, cfg.ocr[o].rec_model_dir) if d])
+    return [ref for kind, _, c in stage_list(cfg) for ref in kind.refs(c)]
 
 
 def pool_specs(cfg: RunConfig, model_paths: dict[str, str], marker_nonce: str | None = None) -> list[tuple]:
     """The run's pools in pipeline order: (worker class, stage name `kind:name`, its config, constructor kwargs)."""
-    used = used_models(cfg)
-    specs = []
-    for name in used["perturbers"]:
-        p = cfg.perturbers[name]
-        specs.append((LLMPerturber, "perturber", name, p, dict(model_path=model_paths.get(p.model, p.model), nonce=marker_nonce)))
-    # Image generators before video generators: a video may start from an image drawn in the same row.
-    for name in sorted(used["generators"], key=lambda n: cfg.generators[n].media == "video"):
-        g = cfg.generators[name]
-        worker = VideoGenerator if g.media == "video" else DiffusersGenerator
-        specs.append((worker, "generator", name, g, dict(model_path=model_paths[g.model])))
-    for name in used["ocr"]:
-        specs.append((OcrReader, "ocr", name, cfg.ocr[name], {}))
-    rubrics = {name: category.rubric for name, category in run_categories(cfg).items()}
-    for name in order_judges(cfg, used["judges"]):  # a cascade's small judges first (pipelines/cascade.py)
-        j = cfg.judges[name]
-        specs.append((VLMJudge, "judge", name, j, dict(model_path=model_paths[j.model], nonce=marker_nonce,
-                                                          rubrics=rubrics)))
-    for name in used["rewards"]:
-        r = cfg.rewards[name]
-        specs.append((RewardScorer, "reward", name, r, dict(model_path=model_paths[r.model],
-                                                               checkpoint_path=model_paths.get(r.checkpoint))))
-    return [(cls, f"{kind}:{name}", c, dict(name=name, cfg=c.model_dump(), **kw)) for cls, kind, name, c, kw in specs]
+    build = Build(model_paths, marker_nonce, run_categories(cfg))
+    return [(kind.actor, f"{kind.stage}:{name}", c, dict(name=name, cfg=c.model_dump(), **kind.kwargs(c, build)))
+            for kind, name, c in stage_list(cfg)]
 
 
 def apply_worker_pools(ds, cfg: RunConfig, model_paths: dict[str, str], runtime_env: dict | None = None,

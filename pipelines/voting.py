@@ -28,7 +28,6 @@ conflict.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
@@ -124,7 +123,7 @@ def panel_label(votes: list[dict], judges: list[str], quorum: int, tie_margin: f
 
 def row_votes(row: dict) -> list[dict]:
     """A finished work row's votes (every judge that ran on it)."""
-    return json.loads(row.get("votes") or "[]")
+    return row.get("votes") or []
 
 
 def label_by(panel: PanelConfig, votes: list[dict]) -> PanelLabel:

@@ -3,7 +3,7 @@
 A category is one object in one file: its name, media, what it needs from the run config, its own
 config model, its rubric, its extra record fields and its `accepts` / `plan` / `label` steps. The
 built-in ones live in `pipelines/categories/` (one module each); a new one is a `Category` subclass
-passed to `register()` (see the README, "Adding a category").
+passed to `register()` (see the README, "Adding a category, a worker kind or a backend").
 
 Layering: this module is the bottom (schemas) half: it imports nothing from `pipelines` or `workers`.
 The built-ins register themselves when `pipelines.categories` is imported, which `registered()` does
@@ -112,6 +112,7 @@ class Category:
     record_fields: ClassVar[tuple[tuple[str, pa.DataType], ...]] = ()  # extra shard columns, null elsewhere
     prompt_filter: ClassVar[str] = ""         # what `accepts` wants, in a few words (for the "nothing to do" line)
     derived: ClassVar[bool] = False           # plans from decided image pairs, not prompts (see above)
+    gold_sources: ClassVar[tuple[str, ...]] = ()  # label sources whose winner is constructed truth (annotation gold)
 
     def accepts(self, row: dict, cfg) -> bool:
         return True
@@ -121,6 +122,12 @@ class Category:
 
     def label(self, row: dict, cfg) -> Label:
         raise NotImplementedError
+
+    def wants_panel(self, row: dict) -> bool:
+        """Whether the panel still votes on a work row that reaches the judges (`row`: its columns but the
+        media, after the pools before the judges). False when those pools' results already decide the
+        pair, as text_rendering's OCR may: the category decides, the pools only read and score."""
+        return True
 
     def parent_categories(self, cfg) -> list[str]:
         """A derived category: the categories whose decided pairs it plans from."""
@@ -173,6 +180,13 @@ def registered() -> dict[str, Category]:
             _builtins_loaded = False
             raise
     return _REGISTRY
+
+
+def is_gold(category: str, label_source: str | None) -> bool:
+    """Whether a pair of `category` labelled by `label_source` has a constructed truth (the category's
+    `gold_sources`); a category this session has not registered has none."""
+    known = registered().get(category)
+    return known is not None and label_source in known.gold_sources
 
 
 def get_category(name: str) -> Category:

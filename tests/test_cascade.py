@@ -3,7 +3,6 @@ in which only the pairs the small panel is unsure of reach the large panel."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import pyarrow as pa
@@ -14,6 +13,7 @@ from helpers import DECISIVE_PANELS, small_run_config
 from pipelines.cascade import escalation_gate, order_judges
 from pipelines.voting import PanelLabel, escalates, label_by, panel_decision
 from schemas.config import ConfigError, RunConfig
+from schemas.pair import VOTE
 
 SMALL, LARGE = ["qwen2-vl-a"], ["qwen2-vl-a", "qwen2.5-vl-b", "qwen2-vl-c"]
 
@@ -54,9 +54,9 @@ def cascade_config(tmp_path, escalate_below=0.8, **overrides):
 
 def test_decision_records_the_deciding_panel_and_the_small_verdict(tmp_path):
     cfg = cascade_config(tmp_path)
-    unsure = {"votes": json.dumps(prefers_a("qwen2-vl-a", 0.001) + prefers_a("qwen2.5-vl-b", 0.001)
-                                                + prefers_a("qwen2-vl-c", -0.002))}
-    sure = {"votes": json.dumps(prefers_a("qwen2-vl-a", 0.003))}  # x1000: 3 nats, p = 0.95
+    unsure = {"votes": prefers_a("qwen2-vl-a", 0.001) + prefers_a("qwen2.5-vl-b", 0.001)
+                       + prefers_a("qwen2-vl-c", -0.002)}
+    sure = {"votes": prefers_a("qwen2-vl-a", 0.003)}  # x1000: 3 nats, p = 0.95
     decided = panel_decision(sure, cfg, "composition")
     assert (decided.winner, decided.decided_by) == ("a", "cascade:small") and decided.confidence > 0.95
     assert decided.cascade_small == {"winner": "a", "lean": "a", "reason": None, "confidence": decided.confidence}
@@ -70,12 +70,11 @@ def test_decision_records_the_deciding_panel_and_the_small_verdict(tmp_path):
 def test_gate_adds_the_large_panel_only_to_rows_it_escalates(tmp_path):
     cfg = cascade_config(tmp_path)
     batch = pa.table({
-        "category": ["composition"] * 4, "judges": ["qwen2-vl-a"] * 3 + [""],
-        "votes": [json.dumps(prefers_a("qwen2-vl-a", 0.003)), json.dumps(prefers_a("qwen2-vl-a", 0.0005)), None,
-                  None],
-        "stage_error": [None, None, None, None]})
+        "category": ["composition"] * 4, "judges": [["qwen2-vl-a"]] * 3 + [[]],
+        "votes": pa.array([prefers_a("qwen2-vl-a", 0.003), prefers_a("qwen2-vl-a", 0.0005), None, None], pa.list_(VOTE)),
+        "stage_error": pa.nulls(4, pa.string())})
     assert escalation_gate(batch, cfg).column("judges").to_pylist() == [
-        "qwen2-vl-a", ",".join(LARGE), ",".join(LARGE), ""]  # decided; unsure; no votes (abstained); not judged
+        ["qwen2-vl-a"], LARGE, LARGE, []]  # decided; unsure; no votes (abstained); not judged
 
 
 @pytest.mark.parametrize("cascade,error", [

@@ -13,6 +13,7 @@ from PIL import Image
 from test_rubrics import skeleton
 
 from schemas.config import JudgeConfig
+from schemas.work import WORK_COLUMNS
 from workers.judge import VLMJudge, vote_from_result
 from workers.judge_backends import OptionResult, openai_messages
 from workers.media import decode_video, mp4_bytes
@@ -27,9 +28,14 @@ def png(seed: int, size: int = 64) -> bytes:
     return buf.getvalue()
 
 
+def names(value: str) -> list[str]:
+    """"j,k" -> the list a work row's `judges` / `score_judges` holds."""
+    return value.split(",") if value else []
+
+
 def batch(n: int, judges="j", image_b=None, score_judges="") -> pa.Table:
     return pa.table({
-        "judges": [judges] * n, "score_judges": [score_judges] * n, "category": ["composition"] * n,
+        "judges": [names(judges)] * n, "score_judges": [names(score_judges)] * n, "category": ["composition"] * n,
         "prompt": [f"two cups on a table, the left one tipped over #{i}" for i in range(n)],
         "image_a": pa.array([png(i) for i in range(n)], pa.binary()),
         "image_b": pa.array(image_b if image_b is not None else [png(100 + i) for i in range(n)], pa.binary()),
@@ -45,7 +51,6 @@ def test_two_votes_per_judge_with_option_logprobs(judge):
     out = judge(batch(3))
     assert out.num_rows == 3 and out.column_names[:6] == batch(3).column_names
     for votes in out.column("votes").to_pylist():
-        votes = json.loads(votes)
         assert [v["order"] for v in votes] == ["AB", "BA"]
         for v in votes:
             assert v["judge"] == "j" and v["choice"] in ("A", "B")
@@ -56,16 +61,16 @@ def test_two_votes_per_judge_with_option_logprobs(judge):
 def test_votes_accumulate_and_other_panels_pass_through(judge):
     first = judge(batch(2))
     second = judge(first)
-    assert [len(json.loads(v)) for v in second.column("votes").to_pylist()] == [4, 4]
+    assert [len(v) for v in second.column("votes").to_pylist()] == [4, 4]
     other = judge(batch(2, judges="someone,else"))
-    assert other.column("votes").to_pylist() == ["[]", "[]"]
+    assert other.column("votes").to_pylist() == [[], []]
 
 
 def test_batched_logprobs_equal_one_by_one(judge):
-    together = [json.loads(v) for v in judge(batch(4)).column("votes").to_pylist()]
+    together = judge(batch(4)).column("votes").to_pylist()
     full = batch(4)
     for i in range(4):
-        alone = json.loads(judge(full.slice(i, 1)).column("votes")[0].as_py())
+        alone = judge(full.slice(i, 1)).column("votes")[0].as_py()
         for a, b in zip(alone, together[i]):
             assert a["logprob_a"] == pytest.approx(b["logprob_a"], abs=1e-4)
             assert a["logprob_b"] == pytest.approx(b["logprob_b"], abs=1e-4)
@@ -74,22 +79,22 @@ def test_batched_logprobs_equal_one_by_one(judge):
 def test_swapping_images_swaps_the_orders(judge):
     t = batch(1)
     swapped = t.set_column(4, "image_a", t.column("image_b")).set_column(5, "image_b", t.column("image_a"))
-    v = json.loads(judge(t).column("votes")[0].as_py())
-    s = json.loads(judge(swapped).column("votes")[0].as_py())
+    v = judge(t).column("votes")[0].as_py()
+    s = judge(swapped).column("votes")[0].as_py()
     assert v[0]["logprob_a"] == pytest.approx(s[1]["logprob_a"], abs=1e-4)  # AB of one is BA of the other
     assert v[1]["logprob_b"] == pytest.approx(s[0]["logprob_b"], abs=1e-4)
 
 
 def test_corrupt_image_is_an_abstention_not_a_crash(judge):
     out = judge(batch(2, image_b=[b"\x89PNG\r\n\x1a\nnot really", png(7)]))
-    bad, good = (json.loads(v) for v in out.column("votes").to_pylist())
+    bad, good = out.column("votes").to_pylist()
     assert [v["choice"] for v in bad] == [None, None] and "bad image" in bad[0]["note"]
     assert all(v["choice"] in ("A", "B") for v in good)
 
 
 def test_rows_without_images_are_skipped(judge):
     out = judge(batch(1, image_b=[None]))
-    assert out.column("votes").to_pylist() == ["[]"]
+    assert out.column("votes").to_pylist() == [[]]
 
 
 NAN = float("nan")
@@ -111,11 +116,11 @@ def test_unparseable_or_off_topic_answers_abstain(lp, text, mass, choice, note):
 
 
 def test_one_actor_votes_and_scores_its_rows(judge):
-    t = batch(3).set_column(0, "judges", pa.array(["j", "", "j,k"]))
-    t = t.set_column(1, "score_judges", pa.array(["j", "k,j", "other"]))
+    t = batch(3).set_column(0, "judges", pa.array([["j"], [], ["j", "k"]]))
+    t = t.set_column(1, "score_judges", pa.array([["j"], ["k", "j"], ["other"]]))
     out = judge(t)
-    votes = [json.loads(v) for v in out.column("votes").to_pylist()]
-    scores = [json.loads(v) for v in out.column("scores").to_pylist()]
+    votes = out.column("votes").to_pylist()
+    scores = out.column("scores").to_pylist()
     assert [len(v) for v in votes] == [2, 0, 2] and [len(s) for s in scores] == [2, 2, 0]
     for s in scores[0] + scores[1]:
         assert s["judge"] == "j" and s["note"] is None and len(s["probs"]) == 10
@@ -125,9 +130,23 @@ def test_one_actor_votes_and_scores_its_rows(judge):
     assert scores[0][0]["expected"] != scores[0][1]["expected"]  # each image is scored on its own
 
 
+def test_the_category_decides_whether_its_panel_votes(judge):
+    """text_rendering rows whose OCR reads already decide the pair get no panel votes (the category says so,
+    `wants_panel`); their score judges still score; rows OCR left open, and other categories, get votes."""
+    def reads(exact_a, exact_b):
+        return [{"side": s, "text": "", "exact": e, "ned": 0.0 if e else 1.0} for s, e in (("a", exact_a), ("b", exact_b))]
+
+    t = batch(4, score_judges="j").set_column(2, "category", pa.array(["text_rendering"] * 3 + ["composition"]))
+    t = t.append_column("ocr", pa.array([reads(True, False), reads(True, True), None, reads(False, True)],
+                                        WORK_COLUMNS["ocr"]))
+    out = judge(t)
+    assert [len(v) for v in out.column("votes").to_pylist()] == [0, 2, 2, 2]
+    assert [len(s) for s in out.column("scores").to_pylist()] == [2, 2, 2, 2]
+
+
 def test_undecodable_image_gets_an_unread_score_with_a_note(judge):
     out = judge(batch(1, judges="", score_judges="j", image_b=[b"not an image"]))
-    (a, b), = [json.loads(v) for v in out.column("scores").to_pylist()]
+    (a, b), = out.column("scores").to_pylist()
     assert a["expected"] is None and b["expected"] is None and "bad image" in a["note"]
 
 
@@ -187,7 +206,7 @@ def video_judge(tiny_kit):
 def video_batch(video_a: list, video_b: list, images: bool = False) -> pa.Table:
     n = len(video_a)
     return pa.table({
-        "judges": ["j"] * n, "score_judges": ["j"] * n, "category": ["composition"] * n,
+        "judges": [["j"]] * n, "score_judges": [["j"]] * n, "category": ["composition"] * n,
         "prompt": [f"a kite rising over a beach #{i}" for i in range(n)],
         "image_a": pa.array([png(i) if images else None for i in range(n)], pa.binary()),
         "image_b": pa.array([png(50 + i) if images else None for i in range(n)], pa.binary()),
@@ -199,8 +218,8 @@ def test_video_pairs_get_votes_and_scores_like_image_pairs(video_judge):
     images and no videos is still an image pair."""
     out = video_judge(pa.concat_tables([video_batch([mp4(1), mp4(2)], [mp4(3), b"\x00\x00\x00\x18ftypmp42 cut"]),
                                         video_batch([None], [None], images=True)]))
-    votes = [json.loads(v) for v in out.column("votes").to_pylist()]
-    scores = [json.loads(s) for s in out.column("scores").to_pylist()]
+    votes = out.column("votes").to_pylist()
+    scores = out.column("scores").to_pylist()
     for row in (0, 2):
         assert [v["order"] for v in votes[row]] == ["AB", "BA"]
         assert all(v["choice"] in ("A", "B") and v["logprob_a"] < 0 and v["logprob_b"] < 0 for v in votes[row])
@@ -214,8 +233,8 @@ def test_video_pairs_get_votes_and_scores_like_image_pairs(video_judge):
 
 
 def test_swapping_videos_swaps_the_orders(video_judge):
-    v = json.loads(video_judge(video_batch([mp4(4)], [mp4(5)])).column("votes")[0].as_py())
-    s = json.loads(video_judge(video_batch([mp4(5)], [mp4(4)])).column("votes")[0].as_py())
+    v = video_judge(video_batch([mp4(4)], [mp4(5)])).column("votes")[0].as_py()
+    s = video_judge(video_batch([mp4(5)], [mp4(4)])).column("votes")[0].as_py()
     assert v[0]["logprob_a"] == pytest.approx(s[1]["logprob_a"], abs=1e-4)  # AB of one is BA of the other
     assert v[1]["logprob_b"] == pytest.approx(s[0]["logprob_b"], abs=1e-4)
 

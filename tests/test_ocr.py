@@ -4,7 +4,6 @@ letters on the sign) and wins when both are legible; otherwise the pair falls th
 The span match itself (`read_check`) is tested by its properties."""
 
 import io
-import json
 import random
 from pathlib import Path
 
@@ -15,7 +14,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw, ImageFont
 
+from schemas.category import get_category
 from schemas.config import OcrConfig
+from schemas.work import WORK_COLUMNS
 from workers.ocr import OcrReader, glyph_tokens, quoted_spans, read_check
 
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
@@ -75,12 +76,18 @@ def reader():
 
 
 def run_reader(reader, rows):
-    """rows: (required spans, image a, image b); returns the OCR results and the judges left per row."""
-    batch = pa.table({"ocr_engine": ["rapid"] * len(rows), "required_text": [json.dumps(r[0]) for r in rows],
+    """rows: (required spans, image a, image b); returns per row the OCR results ({text_a, exact_a, ned_a, text_b,
+    ...}) and whether text_rendering still wants its panel's votes after reading them (stage 2)."""
+    batch = pa.table({"ocr_engine": ["rapid"] * len(rows), "required_text": [r[0] for r in rows],
                       "image_a": pa.array([r[1] for r in rows], pa.binary()),
-                      "image_b": pa.array([r[2] for r in rows], pa.binary()), "judges": ["j1,j2"] * len(rows)})
+                      "image_b": pa.array([r[2] for r in rows], pa.binary())})
     out = reader(batch)
-    return [json.loads(o) for o in out.column("ocr").to_pylist()], out.column("judges").to_pylist()
+    assert out.schema.field("ocr").type == WORK_COLUMNS["ocr"]
+    reads = out.column("ocr").to_pylist()
+    assert all([o["side"] for o in r] == ["a", "b"] for r in reads)
+    text_rendering = get_category("text_rendering")
+    return ([{f"{k}_{o['side']}": o[k] for o in r for k in ("text", "exact", "ned")} for r in reads],
+            [text_rendering.wants_panel({"category": "text_rendering", "ocr": r}) for r in reads])
 
 
 def stage1_rows():
@@ -108,11 +115,11 @@ def test_stage1_never_prefers_a_near_miss(reader):
         flip = i % 4 >= 2  # the correct image on either side
         rows.append(([phrase], bad_img, good_img) if flip else ([phrase], good_img, bad_img))
         cases.append((bad, flip))
-    results, judges = run_reader(reader, rows)
+    results, panel = run_reader(reader, rows)
     decided = undecided = inversions = faithful = 0
-    for ocr, left, (bad, flip) in zip(results, judges, cases):
+    for ocr, wants_panel, (bad, flip) in zip(results, panel, cases):
         correct, wrong = ("b", "a") if flip else ("a", "b")
-        assert (left == "") == (ocr["exact_a"] != ocr["exact_b"])  # stage 1 decides exactly when one side reads right
+        assert wants_panel == (ocr["exact_a"] == ocr["exact_b"])  # stage 1 decides exactly when one side reads right
         assert ocr[f"exact_{correct}"] == (ocr[f"ned_{correct}"] == 0.0) and ocr[f"exact_{wrong}"] == (ocr[f"ned_{wrong}"] == 0.0)
         if ocr[f"exact_{correct}"] and read_check([bad], ocr[f"text_{wrong}"])[0]:
             faithful += 1  # OCR read both images as drawn: the near-miss's own error must decide the pair
@@ -131,9 +138,9 @@ def test_both_right_or_both_wrong_falls_through_to_stage2(reader):
     blank = io.BytesIO()
     Image.new("RGB", (256, 256), "white").save(blank, format="PNG")
     both_wrong = ([PHRASES[1]], blank.getvalue(), blank.getvalue())
-    results, judges = run_reader(reader, [both_right, both_wrong])
-    assert results[0]["exact_a"] and results[0]["exact_b"] and judges[0] == "j1,j2"
-    assert not results[1]["exact_a"] and results[1]["ned_a"] == 1.0 and judges[1] == "j1,j2"
+    results, panel = run_reader(reader, [both_right, both_wrong])
+    assert results[0]["exact_a"] and results[0]["exact_b"] and panel[0]
+    assert not results[1]["exact_a"] and results[1]["ned_a"] == 1.0 and panel[1]
 
 
 def test_required_text_and_read_checks():
@@ -252,5 +259,5 @@ def test_paddleocr_backend_names_its_extra_when_missing():
 
 
 def test_corrupt_images_read_as_nothing(reader):
-    results, judges = run_reader(reader, [(["STOP"], b"not an image", render("STOP", FONTS[0]))])
+    results, _ = run_reader(reader, [(["STOP"], b"not an image", render("STOP", FONTS[0]))])
     assert results[0]["text_a"] == "" and not results[0]["exact_a"] and np.isclose(results[0]["ned_a"], 1.0)

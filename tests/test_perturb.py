@@ -68,8 +68,8 @@ def test_alignment_plan_uses_one_generator_and_seed_for_both_sides(tmp_path: Pat
     rows = Alignment().plan(batch, cfg).to_pylist()
     for r in rows:
         assert r["gen_a"] == r["gen_b"] == "sd" and r["seed_a"] == r["seed_b"]
-        assert r["prompt_a"] == r["prompt"] != r["prompt_b"] and r["judges"] == ""
-        dims = json.loads(r["edit_dimensions"])
+        assert r["prompt_a"] == r["prompt"] != r["prompt_b"] and r["judges"] == []
+        dims = r["edit_dimensions"]
         assert len(dims) == r["edit_k"] and changed_dimensions(r["prompt_a"], r["prompt_b"]) == set(dims)
     assert len({r["pair_id"] for r in rows}) == 20
     assert rows == Alignment().plan(batch, cfg).to_pylist()  # planning is deterministic: a re-run skips done ids

@@ -2,7 +2,9 @@
 prompts, and the pair / undecided schemas, against fixtures recorded before the category-plugin refactor
 (issue 12). A change that means to change them (a new spec field, a new seed rule, a new column)
 re-records them: `python tests/test_plan_ids.py`, and says so: new pair ids make every output's finished
-pairs planned again, and a new schema makes old and new shards differ."""
+pairs planned again, and a new schema makes old and new shards differ. (The work rows' name lists and JSON
+strings became typed Arrow lists, schemas/work.py: the fixture was re-encoded from the old strings, not
+re-recorded.)"""
 
 import json
 import sys

@@ -19,7 +19,7 @@ def png(seed: int) -> bytes:
 
 
 def batch(n=3):
-    return pa.table({"reward_models": ["r"] * (n - 1) + ["other"], "prompt": [f"a red boat {i}" for i in range(n)],
+    return pa.table({"reward_models": [["r"]] * (n - 1) + [["other"]], "prompt": [f"a red boat {i}" for i in range(n)],
                      "image_a": pa.array([png(i) for i in range(n - 1)] + [b"broken"], pa.binary()),
                      "image_b": pa.array([png(10 + i) for i in range(n)], pa.binary())})
 
@@ -31,7 +31,7 @@ def test_each_scorer_scores_both_images(tiny_kit, kind, model, checkpoint):
     cfg = RewardConfig(model=f"tiny:{model}", kind=kind, checkpoint=f"tiny:{checkpoint}" if checkpoint else None)
     scorer = RewardScorer("r", cfg.model_dump(), str(tiny_kit / model),
                           checkpoint_path=str(tiny_kit / checkpoint) if checkpoint else None)
-    rows = [__import__("json").loads(r) for r in scorer(batch()).column("rewards").to_pylist()]
+    rows = scorer(batch()).column("rewards").to_pylist()
     for r in rows[:2]:
         assert len(r) == 1 and r[0]["model"] == "r"
         assert all(isinstance(r[0][k], float) and np.isfinite(r[0][k]) for k in ("score_a", "score_b"))

@@ -3,7 +3,6 @@ per pair (winner/loser sides) and its summary in `pairforge stats`. The real bac
 tested in test_vllm.py (engine, transformers and an OpenAI-compatible server) and test_judge.py."""
 
 import io
-import json
 from datetime import datetime, timezone
 
 import numpy as np
@@ -109,7 +108,7 @@ def test_scores_are_stored_with_the_winner_and_loser_sides(tmp_path):
     cfg = small_run_config(tmp_path, n_prompts=1)
     row = {"pair_id": "p", "category": "composition", "prompt": "a cat", "prompt_id": "i", "prompt_source": "s",
            "gen_a": "sd", "gen_b": "flux", "seed_a": 1, "seed_b": 1, "prompt_a": "a cat", "prompt_b": "a cat",
-           "image_a": png(0), "image_b": png(1), "scores": json.dumps([score("j", "a", 3.0), score("j", "b", 7.0)])}
+           "image_a": png(0), "image_b": png(1), "scores": [score("j", "a", 3.0), score("j", "b", 7.0)]}
     for winner, kind, tags in (("b", "pairs", {"a": "l", "b": "w"}), ("a", "pairs", {"a": "w", "b": "l"}),
                                (None, "undecided", {"a": "a", "b": "b"})):
         record = build_records([row], cfg, Decided(winner), row_schema()).to_pylist()[0]

@@ -124,7 +124,7 @@ def test_motion_quality_plans_one_first_frame_for_two_generators(tmp_path):
              "prompt_source": np.array(["s"], dtype=object), "source_image": np.array([None], dtype=object)}
     (w,) = get_category("motion_quality").plan(batch, cfg).to_pylist()
     assert (w["gen_a"], w["gen_b"], w["frame_gen"]) == ("wan-i2v", "wan2.2-i2v", "sd")
-    assert w["seed_a"] == w["seed_b"] and w["score_judges"] == "qwen2-vl-a" and w["judges"] == ""
+    assert w["seed_a"] == w["seed_b"] and w["score_judges"] == ["qwen2-vl-a"] and w["judges"] == []
     one = demo_config(tmp_path, **{"categories.motion_quality.generators": ["wan-i2v"]})
     (w,) = get_category("motion_quality").plan(batch, one).to_pylist()
     assert w["gen_a"] == w["gen_b"] and w["seed_a"] != w["seed_b"]  # one model: two seeds

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines.records import WORK_COLUMNS
+from schemas.work import WORK_COLUMNS
 from workers.generator import DiffusersGenerator, VideoGenerator
 from workers.media import decode_image, decode_video, png_bytes
 

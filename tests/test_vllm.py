@@ -83,7 +83,7 @@ def test_vllm_judge_actor_votes_like_the_transformers_one(engine, judge_path):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, format="PNG")
         return buf.getvalue()
 
-    batch = pa.table({"judges": ["v,t"] * 3, "category": ["composition"] * 3, "prompt": ["a red door"] * 3,
+    batch = pa.table({"judges": [["v", "t"]] * 3, "category": ["composition"] * 3, "prompt": ["a red door"] * 3,
                       "image_a": pa.array([png() for _ in range(3)], pa.binary()),
                       "image_b": pa.array([png() for _ in range(3)], pa.binary())})
     vllm_judge = VLMJudge("v", JudgeConfig(model=judge_path, backend="vllm").model_dump(), judge_path, nonce=NONCE,
@@ -91,7 +91,6 @@ def test_vllm_judge_actor_votes_like_the_transformers_one(engine, judge_path):
     tf_judge = VLMJudge("t", JudgeConfig(model=judge_path, dtype="float32").model_dump(), judge_path, nonce=NONCE)
     out = tf_judge(vllm_judge(batch))
     for votes in out.column("votes").to_pylist():
-        votes = json.loads(votes)
         by = {(v["judge"], v["order"]): v for v in votes}
         for order in ("AB", "BA"):
             assert by[("v", order)]["choice"] == by[("t", order)]["choice"]
@@ -324,10 +323,10 @@ def test_llm_perturber_changes_the_drawn_number_of_dimensions_under_a_json_schem
     out = perturber(batch).to_pylist()
     first = out[0]
     assert first["error_b"] is None and first["prompt_b"]
-    assert len(json.loads(first["edit_dimensions"])) == 1 and set(json.loads(first["edit_dimensions"])) <= set(DIMENSIONS)
+    assert len(first["edit_dimensions"]) == 1 and set(first["edit_dimensions"]) <= set(DIMENSIONS)
     three = out[1]  # three dimensions must be distinct: a model that repeats one is reported, not guessed
     if three["error_b"] is None:
-        assert len(set(json.loads(three["edit_dimensions"]))) == 3
+        assert len(set(three["edit_dimensions"])) == 3
     else:
         assert three["prompt_b"] is None and "does not change 3 known dimensions" in three["error_b"]
     assert out[2]["prompt_b"] is None and out[2]["error_b"] is None  # another perturber's row passes through

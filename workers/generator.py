@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pyarrow as pa
 
 from schemas.config import GeneratorConfig
+from schemas.work import work_array
 from workers.media import decode_image, mp4_bytes, png_bytes
 from workers.runtime import column, pick_device, pick_dtype, setup_worker, with_columns
 
@@ -40,7 +40,7 @@ class DiffusersGenerator:
 
     input_columns = ("gen_a", "gen_b", "prompt_a", "prompt_b", "seed_a", "seed_b", "cand_gens", "cand_seeds",
                      "prompt", "frame_gen", "seed_frame")
-    output_columns = ("image_a", "image_b", "error_a", "error_b")  # and cand_images, frame_a, frame_b
+    output_columns = ("image_a", "image_b", "error_a", "error_b", "cand_images", "frame_a", "frame_b")
 
     def __init__(self, name: str, cfg: dict, model_path: str, num_threads: int = 1):
         setup_worker(num_threads)
@@ -66,7 +66,7 @@ class DiffusersGenerator:
             return [r[0][0] for r in results], [r[1][0] for r in results]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        out = {c: column(batch, c) for c in self.output_columns}
+        out = {c: column(batch, c) for c in ("image_a", "image_b", "error_a", "error_b")}
         prompts = {s: column(batch, f"prompt_{s}") for s in ("a", "b")}
         seeds = {s: column(batch, f"seed_{s}") for s in ("a", "b")}
         # jobs: (row, side, prompt, seed); side "a" / "b", or the index of a best-of-N candidate.
@@ -79,7 +79,6 @@ class DiffusersGenerator:
                                                                      column(batch, "seed_frame"))) if g == self.name]
         for i, (gens, cand_seeds) in enumerate(zip(column(batch, "cand_gens"), column(batch, "cand_seeds"))):
             if gens:
-                gens, cand_seeds = json.loads(gens), json.loads(cand_seeds)
                 candidates[i] = candidates[i] or [None] * len(gens)
                 jobs += [(i, k, prompts["a"][i], s) for k, (g, s) in enumerate(zip(gens, cand_seeds)) if g == self.name]
         for start in range(0, len(jobs), self.cfg.batch_size):
@@ -94,9 +93,9 @@ class DiffusersGenerator:
                     out["error_a"][i] = out["error_a"][i] or err
                 else:
                     out[f"image_{side}"][i], out[f"error_{side}"][i] = img, err
-        arrays = {c: pa.array(v, pa.binary() if c.startswith("image") else pa.string()) for c, v in out.items()}
-        frame_cols = {f"frame_{s}": pa.array(frames[s], pa.binary()) for s in "ab"} if "frame_gen" in batch.column_names else {}
-        return with_columns(batch, **arrays, **frame_cols, cand_images=pa.array(candidates, pa.list_(pa.binary())))
+        return with_columns(batch, **{c: work_array(c, v) for c, v in out.items()},
+                            **{f"frame_{s}": work_array(f"frame_{s}", frames[s]) for s in "ab"},
+                            cand_images=work_array("cand_images", candidates))
 
 
 class VideoGenerator:
@@ -161,5 +160,4 @@ class VideoGenerator:
         for i, side, prompt, seed, frame in jobs:
             if out[f"video_{side}"][i] is None:
                 out[f"video_{side}"][i], out[f"error_{side}"][i] = self._side(prompt, seed, frame)
-        return with_columns(batch, **{c: pa.array(v, pa.binary() if c.startswith("video") else pa.string())
-                                      for c, v in out.items()})
+        return with_columns(batch, **{c: work_array(c, v) for c, v in out.items()})

@@ -20,13 +20,14 @@ votes and scores have the same fields as an image pair's.
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pyarrow as pa
 
+from schemas.category import registered
 from schemas.config import JudgeConfig
+from schemas.work import work_array, work_rows
 from workers.judge_backends import OptionResult, make_backend
 from workers.media import decode_image, decode_video
 from workers.rubrics import OPTIONS, new_nonce, pairwise_messages, parse_choice, sanitize_untrusted, score_messages
@@ -97,29 +98,26 @@ def score_distribution(backend, requests: list[tuple[list[dict], list]]) -> list
     return out
 
 
-def _names(value: str | None) -> list[str]:
-    return (value or "").split(",")
-
-
 class VLMJudge:
     """Ray Data actor: one judge model, loaded once, serving both modes for the rows that name it.
     Reads `category`, `prompt`, and `image_a`, `image_b` (PNG bytes) or `video_a`, `video_b` (MP4 bytes, a video
     pair); rows without both sides pass through.
-    - `judges` (comma-separated names) includes this judge: appends its two votes (orders AB and BA)
-      to `votes` (a JSON list);
-    - `score_judges` includes it: appends `{judge, side, expected, std, mass, probs, note}` for sides a
-      and b to `scores` (a JSON list)."""
+    - `judges` includes this judge and the row's category still wants the panel (`Category.wants_panel`):
+      appends its two votes (orders AB and BA) to `votes`;
+    - `score_judges` includes it: appends a `SCORE` {judge, side, expected, std, mass, probs, note} for sides
+      a and b to `scores`."""
 
-    input_columns = ("judges", "score_judges", "category", "prompt", "image_a", "image_b", "video_a", "video_b")
+    input_columns = ("judges", "score_judges", "category", "prompt", "image_a|video_a", "image_b|video_b")
     output_columns = ("votes", "scores")
 
     def __init__(self, name: str, cfg: dict, model_path: str, num_threads: int = 1, nonce: str | None = None,
-                 backend=None, rubrics: dict[str, str] | None = None):
+                 backend=None, categories: dict | None = None):
         """`nonce`: the run's data-marker nonce (default: a fresh one); `backend`: an already-built backend to
-        share (a notebook, a test) instead of loading the model; `rubrics`: category -> rubric, the run's
-        categories' (default: the registry's)."""
+        share (a notebook, a test) instead of loading the model; `categories`: the run's category objects by
+        name, for their rubrics and `wants_panel` (default: the registry's)."""
         setup_worker(num_threads)
-        self.name, self.nonce, self.rubrics = name, nonce or new_nonce(), rubrics
+        self.name, self.nonce, self.categories = name, nonce or new_nonce(), categories
+        self.rubrics = {n: c.rubric for n, c in categories.items()} if categories is not None else None
         self.cfg = JudgeConfig.model_validate(cfg)
         self.backend = backend or make_backend(model_path, self.cfg)
 
@@ -129,16 +127,22 @@ class VLMJudge:
             return decode_image(data)
         return sample_video(*decode_video(data), self.cfg)
 
+    def _wants_panel(self, row: dict) -> bool:
+        category = (self.categories if self.categories is not None else registered()).get(row["category"])
+        return category is None or category.wants_panel(row)
+
     def __call__(self, batch: pa.Table) -> pa.Table:
-        votes = [json.loads(v) if v else [] for v in column(batch, "votes")]
-        scores = [json.loads(v) if v else [] for v in column(batch, "scores")]
+        votes = [v or [] for v in column(batch, "votes")]
+        scores = [s or [] for s in column(batch, "scores")]
         judges, scorers = column(batch, "judges"), column(batch, "score_judges")
         categories, prompts = column(batch, "category"), column(batch, "prompt")
         image_a, image_b = column(batch, "image_a"), column(batch, "image_b")
         video_a, video_b = column(batch, "video_a"), column(batch, "video_b")
         pair_requests, pair_slots, score_requests, score_slots = [], [], [], []
+        rows = work_rows(batch) if any(self.name in (j or []) for j in judges) else None
         for i in range(batch.num_rows):
-            pairwise, score = self.name in _names(judges[i]), self.name in _names(scorers[i])
+            pairwise = self.name in (judges[i] or []) and self._wants_panel(rows[i])
+            score = self.name in (scorers[i] or [])
             media = "video" if video_a[i] is not None and video_b[i] is not None else "image"
             sides = (video_a[i], video_b[i]) if media == "video" else (image_a[i], image_b[i])
             if not (pairwise or score) or None in sides:
@@ -166,5 +170,4 @@ class VLMJudge:
         if score_requests:
             for (i, side), dist in zip(score_slots, score_distribution(self.backend, score_requests)):
                 scores[i].append({"judge": self.name, "side": side, **dist})
-        return with_columns(batch, votes=pa.array([json.dumps(v) for v in votes], pa.string()),
-                            scores=pa.array([json.dumps(s) for s in scores], pa.string()))
+        return with_columns(batch, votes=work_array("votes", votes), scores=work_array("scores", scores))

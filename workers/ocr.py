@@ -3,7 +3,6 @@ default) and PaddleOCR (clusters; local model folders accepted), and the stage-1
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import unicodedata
@@ -12,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.config import OcrConfig
+from schemas.work import work_array
 from workers.media import decode_image
 from workers.model_refs import resolve_model_ref
 from workers.ppocr_kit import declared_model_name, pipeline_kwargs
@@ -128,12 +128,11 @@ OCR_BACKENDS = {"rapidocr": RapidOcrBackend, "paddleocr": PaddleOcrBackend}
 
 class OcrReader:
     """Ray Data actor: for rows whose `ocr_engine` names this reader, reads both images, checks them
-    against `required_text` (a JSON list) and writes `ocr` = JSON {text_a, text_b, exact_a, exact_b,
-    ned_a, ned_b}. Stage 1 of text-rendering labels: when exactly one image reads right, the VLM judges
-    are not needed for that row and its `judges` are cleared."""
+    against `required_text` and writes `ocr`, one `OCR_READ` {side, text, exact, ned} per side ("a", "b").
+    What the reads decide is the category's (text_rendering: stage 1 of its label)."""
 
-    input_columns = ("ocr_engine", "required_text", "image_a", "image_b", "judges")
-    output_columns = ("ocr", "judges")
+    input_columns = ("ocr_engine", "required_text", "image_a", "image_b")
+    output_columns = ("ocr",)
 
     def __init__(self, name: str, cfg: dict, num_threads: int = 1):
         setup_worker(num_threads)
@@ -144,20 +143,16 @@ class OcrReader:
     def __call__(self, batch: pa.Table) -> pa.Table:
         engines, required = column(batch, "ocr_engine"), column(batch, "required_text")
         images = {s: column(batch, f"image_{s}") for s in ("a", "b")}
-        ocr, judges = column(batch, "ocr"), column(batch, "judges")
+        ocr = column(batch, "ocr")
         for i in range(batch.num_rows):
             if engines[i] != self.name or images["a"][i] is None or images["b"][i] is None:
                 continue
-            spans = json.loads(required[i] or "[]")
-            result = {}
+            ocr[i] = []
             for side in ("a", "b"):
                 try:
                     text = self.backend.read(decode_image(images[side][i]))
                 except ValueError:
                     text = ""
-                exact, ned = read_check(spans, text)
-                result.update({f"text_{side}": text, f"exact_{side}": exact, f"ned_{side}": ned})
-            ocr[i] = json.dumps(result)
-            if result["exact_a"] != result["exact_b"]:
-                judges[i] = ""
-        return with_columns(batch, ocr=pa.array(ocr, pa.string()), judges=pa.array(judges, pa.string()))
+                exact, ned = read_check(required[i] or [], text)
+                ocr[i].append({"side": side, "text": text, "exact": exact, "ned": ned})
+        return with_columns(batch, ocr=work_array("ocr", ocr))

@@ -2,19 +2,21 @@
 drawn number of the 25 ViPO dimensions, under guided decoding (a regular expression for compact JSON)
 so the answer always parses: {"dimensions": [k dimension names], "perturbed": "..."}.
 
-Backends: a vLLM engine inside the actor, or an OpenAI-compatible server (`structured_outputs`).
+Backends (workers/llm_client.py, shared with the judges): a vLLM engine inside the actor, or an
+OpenAI-compatible server (`structured_outputs`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import pyarrow as pa
 
 from pipelines.perturb import DIMENSIONS
 from schemas.config import PerturberConfig
+from schemas.work import work_array
+from workers.llm_client import OpenAIClient, import_vllm, start_vllm
 from workers.rubrics import data_markers, new_nonce, sanitize_untrusted
 from workers.runtime import column, setup_worker, with_columns
 
@@ -67,10 +69,10 @@ class LLMPerturber:
         self.cfg = PerturberConfig.model_validate(cfg)
         self.model_path = model_path
         if self.cfg.backend == "vllm":
-            from workers.judge_backends import _import_vllm, start_vllm
-
-            self.vllm = _import_vllm()
+            self.vllm = import_vllm()
             self.llm = llm or start_vllm(model_path, "auto", self.cfg.engine_kwargs)
+        else:
+            self.client = OpenAIClient(self.cfg.endpoint, self.cfg.api_key_env)
 
     def _generate(self, prompts: list[str], ks: list[int]) -> list[str]:
         max_chars = min(2 * max(len(p) for p in prompts) + 32, 600)
@@ -82,21 +84,18 @@ class LLMPerturber:
                       for k in ks]
             outs = self.llm.chat([edit_messages(p, k, self.nonce) for p, k in zip(prompts, ks)], params, use_tqdm=False)
             return [o.outputs[0].text for o in outs]
-        import httpx
-
-        key = os.environ.get(self.cfg.api_key_env) if self.cfg.api_key_env else None
+        bodies = [{"model": self.model_path, "messages": edit_messages(p, k, self.nonce), "temperature": 0.0,
+                   "max_tokens": self.cfg.max_tokens, "structured_outputs": {"regex": edit_pattern(k, max_chars)}}
+                  for p, k in zip(prompts, ks)]
         texts = []
-        with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {key}"} if key else {}) as client:
-            for p, k in zip(prompts, ks):
-                body = {"model": self.model_path, "messages": edit_messages(p, k, self.nonce), "temperature": 0.0,
-                        "max_tokens": self.cfg.max_tokens,
-                        "structured_outputs": {"regex": edit_pattern(k, max_chars)}}
-                try:
-                    resp = client.post(self.cfg.endpoint.rstrip("/") + "/chat/completions", json=body)
-                    resp.raise_for_status()
-                    texts.append(resp.json()["choices"][0]["message"]["content"] or "")
-                except (httpx.HTTPError, KeyError, IndexError) as e:
-                    texts.append(f"request failed: {e}")
+        for data, error in self.client.post_all(bodies):
+            if data is None:
+                texts.append(f"request failed: {error}")
+                continue
+            try:
+                texts.append(data["choices"][0]["message"]["content"] or "")
+            except (KeyError, IndexError, TypeError) as e:
+                texts.append(f"request failed: unexpected response ({type(e).__name__}): {str(data)[:120]}")
         return texts
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -108,5 +107,5 @@ class LLMPerturber:
             for i, text in zip(todo, self._generate(clean, [int(ks[i]) for i in todo])):
                 edited, dims, error = parse_edit(text, int(ks[i]))
                 out["prompt_b"][i], out["error_b"][i] = edited, error
-                out["edit_dimensions"][i] = json.dumps(dims) if dims else None
-        return with_columns(batch, **{c: pa.array(v, pa.string()) for c, v in out.items()})
+                out["edit_dimensions"][i] = dims
+        return with_columns(batch, **{c: work_array(c, v) for c, v in out.items()})

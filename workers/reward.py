@@ -10,13 +10,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pyarrow as pa
 
 from schemas.config import RewardConfig
+from schemas.work import work_array
 from workers.media import decode_image
 from workers.runtime import column, pick_device, setup_worker, with_columns
 
@@ -50,11 +50,11 @@ def aesthetic_mlp(dim: int):
 
 class RewardScorer:
     """Ray Data actor: scores `image_a` and `image_b` against `prompt` for rows whose `reward_models`
-    (comma-separated names) include this one, appending `{model, score_a, score_b}` to the `rewards`
-    JSON list (a score is None when its image is missing or undecodable)."""
+    include this one, appending {model, score_a, score_b} to `rewards` (a score is None when its image is
+    missing or undecodable). Best-of-N rows: every image of `cand_images`, into `cand_scores`."""
 
-    input_columns = ("reward_models", "prompt", "image_a", "image_b")
-    output_columns = ("rewards",)
+    input_columns = ("reward_models", "prompt", "image_a", "image_b", "cand_images")
+    output_columns = ("rewards", "cand_scores")
 
     def __init__(self, name: str, cfg: dict, model_path: str, checkpoint_path: str | None = None,
                  num_threads: int = 1):
@@ -118,8 +118,8 @@ class RewardScorer:
             return (scale * cos).cpu().tolist()
 
     def _candidates(self, batch: pa.Table, wanted: list[bool]) -> pa.Table:
-        """Best-of-N rows: every candidate's score under this model into `cand_scores` (JSON, per model)."""
-        scores = [json.loads(s) if s else {} for s in column(batch, "cand_scores")]
+        """Best-of-N rows: every candidate's score under this model, appended to `cand_scores`."""
+        scores = [s or [] for s in column(batch, "cand_scores")]
         prompt, cands = column(batch, "prompt"), column(batch, "cand_images")
         for i, images in enumerate(cands):
             if not wanted[i] or not images:
@@ -135,14 +135,14 @@ class RewardScorer:
             row = [None] * len(images)
             for k, v in zip(ok, values):
                 row[k] = v
-            scores[i][self.name] = row
-        return with_columns(batch, cand_scores=pa.array([json.dumps(s) if s else None for s in scores], pa.string()))
+            scores[i].append({"model": self.name, "scores": row})
+        return with_columns(batch, cand_scores=work_array("cand_scores", [s or None for s in scores]))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        wanted = [self.name in (r or []) for r in column(batch, "reward_models")]
         if "cand_images" in batch.column_names:
-            batch = self._candidates(batch, [self.name in (r or "").split(",") for r in column(batch, "reward_models")])
-        rewards = [json.loads(r) if r else [] for r in column(batch, "rewards")]
-        wanted = [self.name in (r or "").split(",") for r in column(batch, "reward_models")]
+            batch = self._candidates(batch, wanted)
+        rewards = [r or [] for r in column(batch, "rewards")]
         prompt, image = column(batch, "prompt"), {s: column(batch, f"image_{s}") for s in ("a", "b")}
         prompts, images, slots = [], [], []
         for i in range(batch.num_rows):
@@ -162,4 +162,4 @@ class RewardScorer:
         for i in range(batch.num_rows):
             if wanted[i]:
                 rewards[i].append(per_row[i])
-        return with_columns(batch, rewards=pa.array([json.dumps(r) for r in rewards], pa.string()))
+        return with_columns(batch, rewards=work_array("rewards", rewards))

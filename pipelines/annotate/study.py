@@ -4,10 +4,10 @@ Sampling streams the shards' small columns (never the images) and keeps, per cat
 pairs with the smallest seeded hash of their id: the same output and seed give the same sample on any
 machine, and no process holds more than `sample` rows per category.
 
-Gold pairs carry a truth the pipeline constructed rather than judged: alignment pairs labelled by
-construction (the image of the original prompt wins over the image of the perturbed one) and
-text_rendering pairs OCR decided (one image reads the required text exactly, the other does not).
-`gold` of them are shown to every rater, mixed into their queues, to measure each rater's accuracy.
+Gold pairs carry a truth the pipeline constructed rather than judged: the label sources each category
+declares as such (`Category.gold_sources`: alignment's construction, the image of the original prompt
+over the image of the perturbed one; text_rendering's OCR decisions, one image reads the required text
+exactly, the other does not). `gold` of them are shown to every rater, mixed into their queues, to measure each rater's accuracy.
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from schemas.annotate import AnnotateConfig
+from schemas.category import is_gold
 from schemas.pair import stable_hash
-
-# (category, label_source) whose winner is a constructed truth.
-GOLD_SOURCES = {("alignment", "construction"), ("text_rendering", "ocr")}
 
 
 def _key(seed: int, salt: str, pair_id: str) -> int:
@@ -50,7 +48,7 @@ def sample_items(out: Path, cfg: AnnotateConfig) -> list[dict]:
         for shard in shard_files(out, kind):
             for row in pq.read_table(shard, columns=columns).to_pylist():
                 source = row.get("label_source")
-                truth = "A" if (row["category"], source) in GOLD_SOURCES else None
+                truth = "A" if is_gold(row["category"], source) else None
                 item = {"pair_id": row["pair_id"], "category": row["category"], "kind": kind,
                         "shard": str(shard.relative_to(out)), "prompt": row["prompt"] or "",
                         "label": "A" if kind == "pairs" else None, "label_source": source,

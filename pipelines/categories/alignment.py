@@ -5,8 +5,6 @@ construction. The perturbed prompt and the dimensions it changed are stored with
 The lexicon perturber (pipelines/perturb.py) edits at planning time; the LLM perturber
 (workers/perturber.py) is a worker pool that fills in `prompt_b` before generation."""
 
-import json
-
 import pyarrow as pa
 from pydantic import Field
 
@@ -27,6 +25,7 @@ class Alignment(Category):
         "and style the prompt describes, with nothing contradicting it. Ignore aesthetics.")
     generators = (1, 1)
     required = ("perturber",)
+    gold_sources = ("construction",)  # the image of the original prompt wins over the perturbed one's
     record_fields = (("edit_dimensions", pa.list_(pa.string())),)  # the dimensions the loser's prompt changed
 
     def plan(self, batch: dict, cfg):
@@ -52,7 +51,7 @@ class Alignment(Category):
         return Label("a", "construction", agreement=1.0, confidence=1.0)
 
     def record_values(self, row: dict, sides: dict[str, str], cfg) -> dict:
-        return {"edit_dimensions": json.loads(row["edit_dimensions"]) if row.get("edit_dimensions") else None}
+        return {"edit_dimensions": row.get("edit_dimensions")}
 
 
 register(Alignment())

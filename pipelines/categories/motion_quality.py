@@ -13,7 +13,6 @@ local weights file (`flow: raft`, `raft_weights`, `raft_model`)."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Literal
@@ -118,8 +117,7 @@ class MotionQuality(Category):
 
     def label(self, row: dict, cfg) -> Label:
         ccfg = cfg.categories[self.name]
-        return score_label(json.loads(row["scores"]) if row.get("scores") else [], ccfg.min_score_gap,
-                           ccfg.max_score_gap)
+        return score_label(row.get("scores") or [], ccfg.min_score_gap, ccfg.max_score_gap)
 
     def record_values(self, row: dict, sides: dict[str, str], cfg) -> dict:
         from workers.motion import farneback_flow, raft_flow, video_motion

@@ -4,8 +4,6 @@ required span as whole tokens (`workers.ocr.read_check`) beats one with characte
 when both read right or both wrong: the VLM panel with the text-rendering rubric. OCR reads and NED
 are stored."""
 
-import json
-
 import pyarrow as pa
 from pydantic import Field
 
@@ -30,6 +28,7 @@ class TextRendering(Category):
         "and on the intended surface. Prefer correct spelling over style; penalise extra or garbled glyphs.")
     generators = (2, None)
     required = ("panel", "ocr")
+    gold_sources = ("ocr",)  # one image reads the required text exactly, the other does not
     record_fields = (("required_text", pa.list_(pa.string())),  # the spans the image must show
                      ("ocr", pa.list_(OCR_READ)))               # both images' OCR reads
     prompt_filter = "quoted text"
@@ -50,18 +49,29 @@ class TextRendering(Category):
                             "a": side_spec(cfg, gen_a, r["prompt"], seed), "b": side_spec(cfg, gen_b, r["prompt"], seed)})
         return plan_table(cfg, self.name, planned)
 
+    @staticmethod
+    def ocr_winner(row: dict) -> str | None:
+        """Stage 1: the side whose image alone reads every required span right (the OCR pool's `ocr`
+        reads, sides "a" and "b"), or None when both or neither do, or nothing was read."""
+        reads = {o["side"]: o["exact"] for o in row.get("ocr") or []}
+        if len(reads) < 2 or reads["a"] == reads["b"]:
+            return None
+        return "a" if reads["a"] else "b"
+
+    def wants_panel(self, row: dict) -> bool:
+        return self.ocr_winner(row) is None  # OCR decided it: the panel's votes would not be used
+
     def label(self, row: dict, cfg) -> Label:
         """Stage 1: OCR decides when exactly one image reads right; stage 2: the panel."""
-        ocr = json.loads(row["ocr"]) if row.get("ocr") else None
-        if ocr and ocr["exact_a"] != ocr["exact_b"]:
-            return Label("a" if ocr["exact_a"] else "b", "ocr", agreement=1.0, confidence=None)
+        winner = self.ocr_winner(row)
+        if winner:
+            return Label(winner, "ocr", agreement=1.0, confidence=None)
         return panel_decision(row, cfg, self.name)
 
     def record_values(self, row: dict, sides: dict[str, str], cfg) -> dict:
-        ocr = json.loads(row["ocr"]) if row.get("ocr") else None
-        return {"required_text": json.loads(row["required_text"]) if row.get("required_text") else None,
-                "ocr": [{"side": tag, "text": ocr[f"text_{s}"], "exact": ocr[f"exact_{s}"], "ned": ocr[f"ned_{s}"]}
-                        for tag, s in sides.items()] if ocr else None}
+        reads = {o["side"]: o for o in row.get("ocr") or []}
+        return {"required_text": row.get("required_text"),
+                "ocr": [{**reads[s], "side": tag} for tag, s in sides.items()] if reads else None}
 
 
 register(TextRendering())
