@@ -21,8 +21,10 @@ Two streaming passes over the decided pairs (pyarrow, one batch at a time; no pr
    close at `row_group_mb` and whose shards roll over at `shard_size_mb`. Shards are written under temporary
    names and renamed to `-NNNNN-of-NNNNN` once their count is known, all inside a staging directory that is
    published as DEST in one rename. Each file is hashed once, for SHA256SUMS and the card.
-Driver memory is bounded by one read batch (`read_batch_mb`), the open row groups (two trees x four splits x
-`row_group_mb`) and the plan, whatever the size of the outputs (benchmarks/release_scale.py measures it).
+What the code holds is bounded whatever the size of the outputs: one read batch (`read_batch_mb`), the open
+row groups (two trees x four splits x `row_group_mb`) and the plan. The process's peak RSS still grows with
+the rows of the largest category in pass 2 (native memory outside Arrow's pool, not yet traced; README,
+"Streaming", has the measurements of benchmarks/release_scale.py).
 
 Why a streaming pass on the driver and not Ray Data: a release must be reproducible byte for byte (the same
 outputs and config give the same Parquet files and checksums), so the order of rows in a shard and where
@@ -30,7 +32,7 @@ row groups and shards are cut must depend only on the input. Ray Data's blocks, 
 its tasks finish in depend on the cluster (`preserve_order` restores the order, but then its writes are
 sequential anyway, and its sink names files by task, not `-NNNNN-of-NNNNN` by count). The work is I/O: every
 byte is read once with pixels and once without, and written once, with a few string hashes per row; one
-process streams that at disk speed, with flat memory. On a cluster, `ray job submit -- python -m
+process streams that at disk speed. On a cluster, `ray job submit -- python -m
 pipelines.release ...` runs it as the job's driver on the head node over shared storage (the outputs must be
 readable there, as a run writes them); the embedding check runs on that node's accelerator if it has one.
 
