@@ -438,6 +438,10 @@ class SplitWriter:
         self.pending.append(table.select(self.schema.names).cast(self.schema))
         self.pending_rows += table.num_rows
         self.pending_bytes += self.pending[-1].nbytes
+        if len(self.pending) >= 64:
+            # Copy many small pieces (a split's share of a batch can be a few rows) into one: each piece's
+            # ~100 small buffers would otherwise pin allocator pages, and RSS grew with the rows buffered.
+            self.pending = [pa.concat_tables(self.pending).combine_chunks()]
         while self.row_group_rows and self.pending_rows >= self.row_group_rows:
             self._write_row_group(self.row_group_rows)
         if self.pending_bytes >= self.row_group_bytes:
