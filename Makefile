@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml scripts/setup_venv.sh
 # Embedded default: tiny models, local Ray, bundled prompts -> pair shards, manifest, stats and an HTML
 # report, a Hub-ready release of them (out/demo-release, rebuilt each time), then a few Diffusion-DPO
 # steps on them -> a checkpoint; then the video categories on tiny Wan models (out/demo-video: a few image
-# pairs, and the videos animated from them). Re-running adds nothing that exists.
+# pairs, and the videos animated from them) and its release (out/demo-video-release, rebuilt each time).
+# Re-running adds nothing that exists.
 demo: $(STAMP)
 	$(BIN)/pairforge run configs/demo.yaml
 	$(BIN)/pairforge stats out/demo --html out/demo/report.html
@@ -25,6 +26,7 @@ demo: $(STAMP)
 	$(BIN)/pairforge train configs/demo_train.yaml
 	$(BIN)/pairforge run configs/demo_video.yaml
 	$(BIN)/pairforge stats out/demo-video --html out/demo-video/report.html
+	$(BIN)/pairforge release out/demo-video out/demo-video-release --config configs/release_demo_video.yaml --overwrite
 
 test: $(STAMP) browser
 	$(BIN)/pytest tests

@@ -4,7 +4,8 @@ DEST mirrors a Hub dataset repo that `datasets.load_dataset(DEST, name, split=..
 script:
 
     README.md                                   dataset card (YAML: configs per category + `all`, features, splits)
-    data/<category>/<split>-NNNNN-of-NNNNN.parquet   the pairs, images as {bytes, path} structs (datasets' Image)
+    data/<category>/<split>-NNNNN-of-NNNNN.parquet   the pairs, images and videos as {bytes, path} structs
+                                                (datasets' Image / Video)
     no_images/<category>/<split>-...parquet     the same rows without pixels (generator + seed reproduce them)
     release_report.json                         what was read, dropped (and why) and released
     decontamination.json                        every removed prompt with the eval prompt it matched and how
@@ -14,11 +15,25 @@ script:
 
 Two streaming passes over the decided pairs (pyarrow, one batch at a time; no process holds the rows):
 1. metadata only (no pixel columns): thresholds, decontamination of each batch's distinct prompts, the seeded
-   sample, the per-category caps (a bounded heap of the smallest sample hashes) and the pair of each test
-   prompt kept for `test_unique`;
-2. per category, every column: the same decisions, rows appended to per-split shard writers that roll over
-   at the target size. Shards are written under temporary names and renamed to `-NNNNN-of-NNNNN` once their
-   count is known, all inside a staging directory that is published as DEST in one rename.
+   sample, the per-category caps (a bounded heap of the smallest sample hashes) and, for `test_unique`, the
+   smallest sample hash of each test prompt (16 bytes a test prompt, in numpy arrays);
+2. per category, every column: the same decisions, rows appended to per-split shard writers whose row groups
+   close at `row_group_mb` and whose shards roll over at `shard_size_mb`. Shards are written under temporary
+   names and renamed to `-NNNNN-of-NNNNN` once their count is known, all inside a staging directory that is
+   published as DEST in one rename. Each file is hashed once, for SHA256SUMS and the card.
+Driver memory is bounded whatever the size of the outputs: one read batch (`read_batch_mb`), the open row
+groups (two trees x four splits x `row_group_mb`) and the plan (README, "Streaming", has the measurements of
+benchmarks/release_scale.py).
+
+Why a streaming pass on the driver and not Ray Data: a release must be reproducible byte for byte (the same
+outputs and config give the same Parquet files and checksums), so the order of rows in a shard and where
+row groups and shards are cut must depend only on the input. Ray Data's blocks, their boundaries and the order
+its tasks finish in depend on the cluster (`preserve_order` restores the order, but then its writes are
+sequential anyway, and its sink names files by task, not `-NNNNN-of-NNNNN` by count). The work is I/O: every
+byte is read once with pixels and once without, and written once, with a few string hashes per row; one
+process streams that at disk speed. On a cluster, `ray job submit -- python -m
+pipelines.release ...` runs it as the job's driver on the head node over shared storage (the outputs must be
+readable there, as a run writes them); the embedding check runs on that node's accelerator if it has one.
 
 Splits: a prompt's split is a hash of its normalised text (so the same prompt, however it is cased or
 punctuated, never lands in two splits, and a release of grown outputs keeps every earlier pair's split).
@@ -26,6 +41,7 @@ punctuated, never lands in two splits, and a release of grown outputs keeps ever
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 import os
@@ -50,6 +66,8 @@ from workers.publish import TMP_PREFIX, owned_temps, publish_atomically, remove,
 OWNER = "release"
 SPLITS = ("train", "validation", "test")
 IMAGE_COLUMNS = ("image_w", "image_l")
+VIDEO_COLUMNS = ("video_w", "video_l")    # video categories' videos; their image_w / image_l are the first frames
+MEDIA_COLUMNS = IMAGE_COLUMNS + VIDEO_COLUMNS
 # Pass 1 reads these only: everything a decision needs, no pixels.
 DECISION_COLUMNS = ["pair_id", "category", "prompt", "prompt_l", "label_source", "confidence", "agreement"]
 _PUNCT = re.compile(r"[\W_]+", re.UNICODE)
@@ -79,8 +97,61 @@ def split_of(prompt: str, splits) -> str:
     return "validation" if u < splits.train + splits.validation else "test"
 
 
+def is_video(category: str) -> bool:
+    from schemas.category import registered
+
+    return category in registered() and registered()[category].media == "video"
+
+
 def sample_hash(seed: int, pair_id: str) -> float:
     return unit_hash("sample", seed, pair_id)
+
+
+def prompt_key(text: str) -> int:
+    """A 64-bit key of a prompt's normalised text (the `test_unique` map's keys; a collision between two of a
+    billion test prompts has odds of ~3%, and would only drop one of them from `test_unique`)."""
+    return int.from_bytes(hashlib.blake2b(normalize_prompt(text).encode(), digest_size=8).digest(), "little")
+
+
+class UniqueTest:
+    """Each test prompt's smallest sample hash (its `test_unique` pair), in two sorted numpy arrays: 16 bytes a
+    test prompt instead of a dict entry (~200 bytes). Pass 1 `add`s every selected test pair; pairs arrive in
+    chunks that are reduced (per key, the minimum) as they grow, so the state is the distinct test prompts."""
+
+    chunk = 1 << 20
+
+    def __init__(self):
+        self.keys = np.empty(0, np.uint64)
+        self.hashes = np.empty(0, np.float64)
+        self._keys: list[int] = []
+        self._hashes: list[float] = []
+
+    def add(self, key: int, h: float) -> None:
+        self._keys.append(key)
+        self._hashes.append(h)
+        if len(self._keys) >= self.chunk:
+            self._reduce()
+
+    def _reduce(self) -> None:
+        keys = np.concatenate([self.keys, np.array(self._keys, np.uint64)])
+        hashes = np.concatenate([self.hashes, np.array(self._hashes, np.float64)])
+        self._keys, self._hashes = [], []
+        order = np.lexsort((hashes, keys))                      # by key, then hash: the first of a key is its minimum
+        keys, hashes = keys[order], hashes[order]
+        first = np.ones(len(keys), bool)
+        first[1:] = keys[1:] != keys[:-1]
+        self.keys, self.hashes = keys[first], hashes[first]
+
+    def finish(self) -> UniqueTest:
+        self._reduce()
+        return self
+
+    def chosen(self, key: int, h: float) -> bool:
+        i = int(np.searchsorted(self.keys, np.uint64(key)))
+        return i < len(self.keys) and int(self.keys[i]) == key and self.hashes[i] == h
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
 # ---------------------------------------------------------------- eval sets and decontamination
@@ -211,15 +282,21 @@ def row_counts(outs: list[Path], kind: str) -> Counter:
     return counts
 
 
-def read_batches(files: list[Path], columns: list[str] | None, batch_rows: int):
-    """One record batch at a time; columns an older shard lacks come back as nulls (the release's schema is
-    the current pair schema)."""
+def read_batches(files: list[Path], columns: list[str] | None, batch_rows: int, batch_bytes: int | None = None):
+    """One record batch at a time, of at most `batch_rows` rows and (from the shard's own row sizes) about
+    `batch_bytes`; columns an older shard lacks come back as nulls (the release's schema is the current pair
+    schema)."""
     schema = pair_schema()
     names = columns or schema.names
     for f in files:
         shard = pq.ParquetFile(f)
         present = [c for c in names if c in shard.schema_arrow.names]
-        for batch in shard.iter_batches(columns=present, batch_size=batch_rows):
+        rows = batch_rows
+        meta = shard.metadata
+        if batch_bytes and meta.num_rows and meta.num_row_groups:
+            row_bytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) / meta.num_rows
+            rows = max(1, min(batch_rows, int(batch_bytes // max(row_bytes, 1))))
+        for batch in shard.iter_batches(columns=present, batch_size=rows):
             table = pa.Table.from_batches([batch])
             for c in names:
                 if c not in table.column_names:
@@ -259,7 +336,7 @@ class Plan:
     dropped: dict = field(default_factory=lambda: defaultdict(Counter))  # category -> reason -> pairs
     contaminated: dict = field(default_factory=dict)                     # normalised text -> match record
     cap_threshold: dict = field(default_factory=dict)                    # category -> max sample hash kept
-    unique_test: dict = field(default_factory=dict)                      # normalised prompt -> (hash, pair_id)
+    unique_test: UniqueTest = field(default_factory=UniqueTest)          # test prompt -> smallest sample hash
 
 
 def plan_release(files: dict[str, list[Path]], cfg: ReleaseConfig, decon: Decontaminator | None) -> Plan:
@@ -299,12 +376,11 @@ def plan_release(files: dict[str, list[Path]], cfg: ReleaseConfig, decon: Decont
                     elif -heaps[category][0] > h:
                         heapq.heapreplace(heaps[category], -h)
                 if cfg.splits.test_unique and split_of(prompts[k], cfg.splits) == "test":
-                    key = normalize_prompt(prompts[k])
-                    if key not in plan.unique_test or plan.unique_test[key][0] > h:
-                        plan.unique_test[key] = (h, pair_id)
+                    plan.unique_test.add(prompt_key(prompts[k]), h)
         if cap is not None and selected[category] > cap:
             plan.cap_threshold[category] = -heaps[category][0]
             plan.dropped[category]["over_cap"] += selected[category] - cap
+    plan.unique_test.finish()
     return plan
 
 
@@ -323,32 +399,34 @@ def released_rows(table: pa.Table, cfg: ReleaseConfig, plan: Plan, category: str
             continue
         keep.append(k)
         splits.append(split_of(prompts[k], cfg.splits))
-        chosen = plan.unique_test.get(normalize_prompt(prompts[k]))
-        unique.append(chosen is not None and chosen[1] == pair_id)
+        unique.append(splits[-1] == "test" and cfg.splits.test_unique and plan.unique_test.chosen(prompt_key(prompts[k]), h))
     return table.take(pa.array(keep, pa.int64())), splits, unique
 
 
 # ---------------------------------------------------------------- writing shards
 
-def without_images(schema: pa.Schema) -> pa.Schema:
-    """The pair schema less its pixel columns, with the `datasets` features to match."""
-    keep = [f for f in schema if f.name not in IMAGE_COLUMNS]
+def without_media(schema: pa.Schema) -> pa.Schema:
+    """The pair schema less its pixel columns (images and videos), with the `datasets` features to match."""
+    keep = [f for f in schema if f.name not in MEDIA_COLUMNS]
     hf = json.loads(schema.metadata[b"huggingface"])
-    for c in IMAGE_COLUMNS:
+    for c in MEDIA_COLUMNS:
         hf["info"]["features"].pop(c, None)
     return pa.schema(keep, metadata={"huggingface": json.dumps(hf)})
 
 
 class SplitWriter:
-    """The shards of one (tree, category, split): rows are buffered into row groups of `row_group_rows`,
-    and a new shard starts once the current one reaches `target_bytes`. Shards carry temporary dot-names
-    until `finish` knows their count."""
+    """The shards of one (tree, category, split): rows are buffered into a row group until it holds
+    `row_group_bytes` (in memory; as `datasets` sizes them) or `row_group_rows` rows, and a new shard starts
+    once the current one reaches `target_bytes`. Row groups by size rather than by count keep both a shard of
+    videos and one of metadata-only rows (a million rows in 500 MB) to a few dozen row groups, whose footer
+    the writer holds until the shard closes. Shards carry temporary dot-names until `finish` knows their count."""
 
-    def __init__(self, directory: Path, split: str, schema: pa.Schema, target_bytes: int, row_group_rows: int):
+    def __init__(self, directory: Path, split: str, schema: pa.Schema, target_bytes: int, row_group_bytes: int,
+                 row_group_rows: int | None):
         self.directory, self.split, self.schema = directory, split, schema
-        self.target_bytes, self.row_group_rows = target_bytes, row_group_rows
+        self.target_bytes, self.row_group_bytes, self.row_group_rows = target_bytes, row_group_bytes, row_group_rows
         self.pending: list[pa.Table] = []
-        self.pending_rows = 0
+        self.pending_rows = self.pending_bytes = 0
         self.parts: list[Path] = []
         self.sink = self.writer = None
         self.rows = self.nbytes = 0
@@ -358,14 +436,22 @@ class SplitWriter:
             return
         self.pending.append(table.select(self.schema.names).cast(self.schema))
         self.pending_rows += table.num_rows
-        while self.pending_rows >= self.row_group_rows:
+        self.pending_bytes += self.pending[-1].nbytes
+        if len(self.pending) >= 64:
+            # Copy many small pieces (a split's share of a batch can be a few rows) into one: each piece's
+            # ~100 small buffers would otherwise pin allocator pages, and RSS grew with the rows buffered.
+            self.pending = [pa.concat_tables(self.pending).combine_chunks()]
+        while self.row_group_rows and self.pending_rows >= self.row_group_rows:
             self._write_row_group(self.row_group_rows)
+        if self.pending_bytes >= self.row_group_bytes:
+            self._write_row_group(self.pending_rows)
 
     def _write_row_group(self, n: int) -> None:
         """Write the first `n` pending rows as one row group; close the shard once it reaches the target."""
         pending = pa.concat_tables(self.pending)
         table, rest = pending.slice(0, n), pending.slice(n)
         self.pending, self.pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
+        self.pending_bytes = rest.nbytes
         if self.writer is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self.parts.append(self.directory / f".{self.split}-{len(self.parts):05d}.parquet")
@@ -396,16 +482,17 @@ class SplitWriter:
 
 def write_release(stage: Path, files: dict[str, list[Path]], cfg: ReleaseConfig, plan: Plan) -> dict:
     """Pass 2: per category, every released row into its split's shards (and the no-images twin's).
-    Returns {tree: {category: {split: {"rows", "bytes", "files"}}}}."""
+    Returns {tree: {category: {split: {"rows", "bytes", "files", "sha256"}}}}."""
     schema = pair_schema()
-    trees = {"data": schema, **({"no_images": without_images(schema)} if cfg.no_images else {})}
+    trees = {"data": schema, **({"no_images": without_media(schema)} if cfg.no_images else {})}
     target = int(cfg.shard_size_mb * 2**20)
     written: dict = {tree: {} for tree in trees}
     for category, cat_files in files.items():
-        writers = {(tree, split): SplitWriter(stage / tree / category, split, tree_schema, target, cfg.row_group_rows)
+        writers = {(tree, split): SplitWriter(stage / tree / category, split, tree_schema, target,
+                                              int(cfg.row_group_mb * 2**20), cfg.row_group_rows)
                    for tree, tree_schema in trees.items()
                    for split in (*SPLITS, *(("test_unique",) if cfg.splits.test_unique else ()))}
-        for table in read_batches(cat_files, None, cfg.read_batch_rows):
+        for table in read_batches(cat_files, None, cfg.read_batch_rows, int(cfg.read_batch_mb * 2**20)):
             rows, splits, unique = released_rows(table, cfg, plan, category)
             if not rows.num_rows:
                 continue
@@ -417,7 +504,8 @@ def write_release(stage: Path, files: dict[str, list[Path]], cfg: ReleaseConfig,
             paths = w.finish()
             if paths:
                 written[tree].setdefault(category, {})[split] = {
-                    "rows": w.rows, "bytes": w.nbytes, "files": [str(p.relative_to(stage)) for p in paths]}
+                    "rows": w.rows, "bytes": w.nbytes, "files": [str(p.relative_to(stage)) for p in paths],
+                    "sha256": [sha256_file(p) for p in paths]}   # while the file is fresh in the page cache
     return written
 
 
@@ -438,9 +526,17 @@ def copy_sources(stage: Path, outs: list[Path]) -> list[dict]:
     return sources
 
 
-def write_checksums(stage: Path) -> None:
-    lines = [f"{sha256_file(p)}  {p.relative_to(stage).as_posix()}"
-             for p in sorted(stage.rglob("*")) if p.is_file() and p.name != "SHA256SUMS"]
+def data_checksums(written: dict) -> dict[str, str]:
+    """Every shard's sha256 (hashed once, when its writer finished), by its path in DEST."""
+    return {f: h for cats in written.values() for splits in cats.values() for v in splits.values()
+            for f, h in zip(v["files"], v["sha256"])}
+
+
+def write_checksums(stage: Path, known: dict[str, str]) -> None:
+    """SHA256SUMS of every file; the shards' digests come from `known` (a multi-terabyte release is not read again)."""
+    lines = [f"{known.get(rel) or sha256_file(p)}  {rel}"
+             for p in sorted(stage.rglob("*")) if p.is_file() and p.name != "SHA256SUMS"
+             for rel in [p.relative_to(stage).as_posix()]]
     (stage / "SHA256SUMS").write_text("\n".join(lines) + "\n")
 
 
@@ -486,7 +582,7 @@ def release(outs: list[str | Path], dest: str | Path, cfg: ReleaseConfig, *, ove
         if cfg.croissant:
             write_croissant(stage, cfg, written, sources)
         write_card(stage, cfg, written, report, sources)
-        write_checksums(stage)
+        write_checksums(stage, data_checksums(written))
 
     report: dict = {}
     if dest.exists() and any(dest.iterdir()):

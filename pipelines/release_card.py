@@ -8,8 +8,6 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipelines.store import sha256_file
-
 # The Hub's size buckets (README metadata `size_categories`).
 _SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
           (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
@@ -21,13 +19,25 @@ LABELS = {
                  "`agreement` = share of judges with a verdict that chose the winner",
     "construction": "alignment pairs: one generator and seed draws the prompt and a perturbation of it "
                     "(`prompt_l`, `edit_dimensions`); the image of the original prompt wins by construction "
-                    "(`confidence` 1.0)",
+                    "(`confidence` 1.0); video_text_alignment pairs animate such a pair with one motion prompt "
+                    "(spatial) or one image with two motion prompts (temporal), the original prompt's video winning",
     "ocr": "text rendering, stage 1: OCR reads both images; an exact reading of the required text beats one "
            "with character errors (`ocr` holds both reads; no confidence is stored)",
     "reward": "best-of-N: reward models score N images of the prompt; the winner is drawn from the upper Pareto "
               "front of the calibrated rewards, the loser from the lowest (no confidence is stored)",
-    "inherited": "the label came with the source data",
+    "inherited": "visual_quality: both images of an image pair whose judge panel was unanimous are animated with one "
+                 "shared motion prompt; the pair's label carries over (`parent_pair_id` names the image pair)",
+    "vlm_score": "motion_quality: one first frame animated twice; video judges score each video's motion from their "
+                 "score-token probabilities (`scores`), the higher expected score wins when the gap is inside the "
+                 "configured band; `confidence` = P(winner's score > loser's), `agreement` = share of judges whose own "
+                 "gap agrees; the measured optical flow (`motion`) is kept as evidence",
 }
+
+
+def video_categories(written: dict) -> list[str]:
+    from pipelines.release import is_video
+
+    return [c for c in written["data"] if is_video(c)]
 
 
 def size_category(n: int) -> str:
@@ -111,7 +121,17 @@ def _body(cfg, written: dict, report: dict, sources: list[dict]) -> str:
     lines += ["## Loading", "", "```python", "from datasets import load_dataset", "",
               'ds = load_dataset("REPO_OR_PATH", "all", split="train")        # every category',
               f'ds = load_dataset("REPO_OR_PATH", "{next(iter(data))}", split="test")',
-              'ds[0]["image_w"]   # PIL image of the preferred (winning) image; image_l the other', "```", "",
+              'ds[0]["image_w"]   # PIL image of the preferred (winning) image; image_l the other', "```", ""]
+    videos = video_categories(written)
+    if videos:
+        lines += ["Video categories (" + ", ".join(f"`{v}`" for v in videos) + ") hold H.264 MP4 videos in `video_w` / "
+                  "`video_l` ({bytes, path}, datasets' `Video` feature; decoding needs `torchcodec`), with `frames`, "
+                  "`fps`, `width`, `height`; their `image_w` / `image_l` are the first frames the videos were animated "
+                  "from. Without torchcodec, read the MP4 bytes:", "", "```python", "from datasets import Video", "",
+                  f'ds = load_dataset("REPO_OR_PATH", "{videos[0]}", split="train")',
+                  'ds = ds.cast_column("video_w", Video(decode=False)).cast_column("video_l", Video(decode=False))',
+                  'ds[0]["video_w"]["bytes"]   # the MP4 file (PyAV, imageio or any player reads it)', "```", ""]
+    lines += [
               "Configs: `all` (default), one per category" + (", and `no_images` (the same rows without pixels: "
               "`generator_w` / `generator_l` hold the model, seed, steps and guidance that reproduce them)"
               if written.get("no_images") else "") + ".", ""]
@@ -127,11 +147,12 @@ def _body(cfg, written: dict, report: dict, sources: list[dict]) -> str:
               "prompt is in two splits, and a later release of grown outputs keeps every earlier pair in its split."
               + (" `test_unique` holds one test pair per prompt (Pick-a-Pic's `*_unique` convention)."
                  if cfg.splits.test_unique else ""), ""]
-    lines += ["## Fields", "", "`image_w` / `image_l`: the preferred and the other image; `prompt` (and `prompt_l`, the "
-              "loser's prompt for alignment); `label_source`, `confidence`, `agreement`, `votes` (every judge's answer "
-              "and log-probabilities in both orders); `rewards`; `generator_w` / `generator_l`; category details "
-              "(`edit_dimensions`, `required_text`, `ocr`, `scores`, `candidates`). The full schema is in the "
-              "`dataset_info` above and in pairforge's `schemas/pair.py`.", ""]
+    lines += ["## Fields", "", "`image_w` / `image_l`: the preferred and the other image (a video pair's: the first "
+              "frames); `video_w` / `video_l`, `frames`, `fps`: a video pair's videos (null in image pairs); `prompt` "
+              "(and `prompt_l`, the loser's prompt for alignment); `label_source`, `confidence`, `agreement`, `votes` "
+              "(every judge's answer and log-probabilities in both orders); `rewards`; `generator_w` / `generator_l`; "
+              "category details (`edit_dimensions`, `required_text`, `ocr`, `scores`, `candidates`, `motion`, "
+              "`parent_pair_id`). The full schema is in the `dataset_info` above and in pairforge's `schemas/pair.py`.", ""]
     lines += ["## How the labels were made", ""]
     used = sorted({s for cat in data for s in _label_sources(sources, cat)})
     lines += [f"- **{s}**: {LABELS.get(s, s)}" for s in used]
@@ -215,7 +236,10 @@ def _label_sources(sources: list[dict], cat: str) -> set[str]:
 def write_card(stage: Path, cfg, written: dict, report: dict, sources: list[dict]) -> Path:
     from huggingface_hub import DatasetCard, DatasetCardData
 
+    from pipelines.release import data_checksums
+
     c = cfg.card
+    checksums = data_checksums(written)
     released = report["totals"]["released_pairs"]
     data_files = sorted(f for cats in written.values() for splits in cats.values() for v in splits.values() for f in v["files"])
     card_data = DatasetCardData(
@@ -223,7 +247,7 @@ def write_card(stage: Path, cfg, written: dict, report: dict, sources: list[dict
         tags=c.tags, size_categories=[size_category(released)], annotations_creators=["machine-generated"],
         source_datasets=["original"], configs=_configs(written),
         pairforge={"release": cfg.name, "config_hash": report["config_hash"], "pipeline_version": report["pipeline_version"],
-                   "data_sha256": {f: sha256_file(stage / f) for f in data_files}},
+                   "data_sha256": {f: checksums[f] for f in data_files}},
         **({"homepage": c.homepage} if c.homepage else {}))
     _infos(stage, written).to_dataset_card_data(card_data)
     card = DatasetCard(f"---\n{card_data.to_yaml()}\n---\n\n{_body(cfg, written, report, sources)}")
@@ -241,6 +265,7 @@ def write_croissant(stage: Path, cfg, written: dict, sources: list[dict]) -> Pat
               "prompt_l": mlc.DataType.TEXT, "label_source": mlc.DataType.TEXT, "agreement": mlc.DataType.FLOAT,
               "confidence": mlc.DataType.FLOAT, "width": mlc.DataType.INTEGER, "height": mlc.DataType.INTEGER}
     distribution, record_sets = [], []
+    videos = video_categories(written)
     for cat in written["data"]:
         fs_id = f"parquet-{cat}"
         distribution.append(mlc.FileSet(id=fs_id, name=fs_id, encoding_formats=["application/x-parquet"],
@@ -249,11 +274,19 @@ def write_croissant(stage: Path, cfg, written: dict, sources: list[dict]) -> Pat
         fields = [mlc.Field(id=f"{cat}/{name}", name=name, data_types=[dtype],
                             source=mlc.Source(file_set=fs_id, extract=mlc.Extract(column=name)))
                   for name, dtype in scalar.items()]
-        fields += [mlc.Field(id=f"{cat}/{name}", name=name, data_types=[mlc.DataType.IMAGE_OBJECT],
-                             description="the preferred image" if name == "image_w" else "the other image",
+        video = cat in videos
+        media = [(name, mlc.DataType.IMAGE_OBJECT, ("the preferred " if name == "image_w" else "the other ")
+                  + ("video's first frame" if video else "image")) for name in ("image_w", "image_l")]
+        if video:
+            fields += [mlc.Field(id=f"{cat}/{name}", name=name, data_types=[dtype],
+                                 source=mlc.Source(file_set=fs_id, extract=mlc.Extract(column=name)))
+                       for name, dtype in (("frames", mlc.DataType.INTEGER), ("fps", mlc.DataType.FLOAT))]
+            media += [(name, mlc.DataType.VIDEO_OBJECT, f"the {'preferred' if name == 'video_w' else 'other'} video "
+                       "(H.264 MP4)") for name in ("video_w", "video_l")]
+        fields += [mlc.Field(id=f"{cat}/{name}", name=name, data_types=[dtype], description=description,
                              source=mlc.Source(file_set=fs_id, extract=mlc.Extract(column=name),
                                                transforms=[mlc.Transform(json_path="bytes")]))
-                   for name in ("image_w", "image_l")]
+                   for name, dtype, description in media]
         record_sets.append(mlc.RecordSet(id=cat, name=cat, fields=fields,
                                          description=f"{cat} preference pairs (all splits)"))
     c = cfg.card
@@ -263,15 +296,19 @@ def write_croissant(stage: Path, cfg, written: dict, sources: list[dict]) -> Pat
         date_published=datetime.now(timezone.utc), keywords=c.tags, in_language=c.language,
         distribution=distribution, record_sets=record_sets,
         data_collection="Prompts from the configured prompt sources, normalised, filtered and deduplicated; both "
-                        "images of each pair drawn by text-to-image generators (see sources/*/manifest.json).",
+                        "images of each pair drawn by text-to-image generators"
+                        + (", both videos of a video pair by image-to-video generators from first frames" if videos else "")
+                        + " (see sources/*/manifest.json).",
         data_collection_type=["Machine-generated"],
-        data_annotation_protocol=[LABELS[s] for s in ("vlm_panel", "construction", "ocr", "reward")],
+        data_annotation_protocol=[LABELS[s] for s in ("vlm_panel", "construction", "ocr", "reward")
+                                  + (("inherited", "vlm_score") if videos else ())],
         machine_annotation_tools=[f"{kind} {name}: {m['model']}"
                                   for kind, models in zip(("judge", "reward"), _models(sources)[1:])
                                   for name, m in models.items()] or ["pairforge"],
         data_biases=["Judges' position and style biases; generators' social and aesthetic biases."],
         data_limitations=["Machine-generated labels, not human preferences; see the dataset card."],
-        data_use_cases=["Preference optimisation (Diffusion-DPO) and reward-model training for text-to-image models."],
+        data_use_cases=["Preference optimisation (Diffusion-DPO) and reward-model training for text-to-image"
+                        + (" and image-to-video" if videos else "") + " models."],
         personal_sensitive_information=["None intended: synthetic images from text prompts; prompts are filtered "
                                         "by a blocklist only."],
     )

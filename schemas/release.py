@@ -12,8 +12,8 @@ from schemas.config import ConfigError, Strict, load_yaml_model
 from schemas.pair import CATEGORIES, LABEL_SOURCES
 
 # Label sources whose rows store a confidence / an agreement (voting.py; construction stores confidence 1.0).
-CONFIDENCE_SOURCES = ("vlm_panel", "construction", "inherited")
-AGREEMENT_SOURCES = ("vlm_panel",)
+CONFIDENCE_SOURCES = ("vlm_panel", "construction", "inherited", "vlm_score")
+AGREEMENT_SOURCES = ("vlm_panel", "vlm_score", "inherited")
 
 
 class Selection(Strict):
@@ -112,8 +112,11 @@ class ReleaseConfig(Strict):
     splits: Splits = Splits()
     decontamination: Decontamination = Decontamination()
     shard_size_mb: float = Field(500, gt=0, description="target Parquet shard size (the Hub's own is ~500 MB)")
-    row_group_rows: int = Field(100, ge=1, description="rows per Parquet row group (datasets uses 100 for images)")
-    read_batch_rows: int = Field(256, ge=1, description="rows read from the run shards at a time")
+    row_group_mb: float = Field(16, gt=0, description="a Parquet row group closes at this many MB in memory (datasets aims "
+                                "at <= 100 MB; two trees x four splits of them are open at once)")
+    row_group_rows: int | None = Field(None, ge=1, description="and at most this many rows (default: no limit)")
+    read_batch_rows: int = Field(256, ge=1, description="rows read from the run shards at a time, at most")
+    read_batch_mb: float = Field(64, gt=0, description="... and about this many MB (fewer rows of videos than of images)")
     no_images: bool = Field(True, description="also a metadata-only twin without pixels (config `no_images`)")
     croissant: bool = True
 

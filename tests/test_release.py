@@ -343,6 +343,8 @@ def test_selection_thresholds_apply_only_where_stored_caps_and_sample_are_seeded
     # the same seed selects the same pairs; another seed others
     again = release([out], tmp_path / "again", cfg)
     assert again["files"] == report["files"]
+    shards = sorted(p.relative_to(tmp_path / "dest") for p in (tmp_path / "dest").rglob("*.parquet"))
+    assert shards and all((tmp_path / "dest" / f).read_bytes() == (tmp_path / "again" / f).read_bytes() for f in shards)
     ids = lambda d: {i for f in (d / "data").glob("alignment/*.parquet") for i in pq.read_table(f)["pair_id"].to_pylist()}  # noqa: E731
     assert ids(tmp_path / "dest") == ids(tmp_path / "again")
     other = ReleaseConfig.model_validate({**cfg.model_dump(), "selection": {**cfg.selection.model_dump(), "seed": 4}})
@@ -454,3 +456,110 @@ def test_python_m_entry_point_and_overwrite(small_output, tmp_path):
     assert again.returncode == 0, again.stderr
     assert not (tmp_path / "dest" / "stale.txt").exists() and (tmp_path / "dest" / "SHA256SUMS").exists()
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == [other]
+
+
+def test_test_unique_keeps_each_test_prompts_smallest_hash_across_chunks(monkeypatch):
+    import numpy as np
+
+    from pipelines.release import UniqueTest
+
+    monkeypatch.setattr(UniqueTest, "chunk", 7)  # reduce every 7 adds, as pass 1 does every million
+    rng = np.random.default_rng(0)
+    keys, hashes = rng.integers(0, 20, 200), rng.random(200)
+    unique = UniqueTest()
+    for k, h in zip(keys, hashes):
+        unique.add(int(k), float(h))
+    unique.finish()
+    smallest = {int(k): min(h for kk, h in zip(keys, hashes) if kk == k) for k in set(keys)}
+    assert len(unique) == len(smallest)
+    assert all(unique.chosen(int(k), float(h)) == (h == smallest[int(k)]) for k, h in zip(keys, hashes))
+    assert not unique.chosen(20, smallest[int(keys[0])])
+
+
+# ---------------------------------------------------------------- a real video run, released
+
+@pytest.fixture(scope="module")
+def video_release(ray_session, tmp_path_factory):
+    """configs/demo_video.yaml, smaller (2 composition, 1 alignment and 1 motion_quality prompt; a panel of one
+    judge, so its decisions are unanimous and visual_quality has parents; one image-to-video model on two seeds),
+    run on local Ray, then released through the command line."""
+    from pipelines.run import run
+    from schemas.config import RunConfig
+
+    tmp = tmp_path_factory.mktemp("video-release")
+    data = yaml.safe_load((REPO / "configs/demo_video.yaml").read_text())
+    data["output"] = {"path": str(tmp / "out"), "rows_per_file": 4}
+    prompts = [json.loads(line) for line in (REPO / data["prompts"][0]["path"]).read_text().splitlines()]
+    keep = {"composition": 2, "alignment": 1, "motion_quality": 1}
+    chosen = [p for c, n in keep.items() for p in [p for p in prompts if p["category"] == c][:n]]
+    (tmp / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in chosen))
+    data["prompts"][0]["path"] = str(tmp / "prompts.jsonl")
+    data["panels"]["main"] = {"judges": ["qwen2-vl-a"], "quorum": 1, "logit_scale": {"qwen2-vl-a": 1000.0}}
+    data["categories"]["motion_quality"]["generators"] = ["wan-i2v"]
+    run(RunConfig.model_validate(data))
+    out = tmp / "out"
+    cfg = write_yaml(tmp / "release.yaml", release_config(**{
+        "splits.train": 0.5, "splits.validation": 0.0, "splits.test": 0.5,
+        "card.task_categories": ["text-to-image", "image-to-video"]}))
+    dest = tmp / "dest"
+    result = CliRunner().invoke(app, ["release", str(out), str(dest), "--config", str(cfg)])
+    assert result.exit_code == 0, result.output
+    return out, dest, json.loads((dest / "release_report.json").read_text()), tmp
+
+
+def test_video_release_loads_every_video_config_and_split_and_the_mp4s_decode(video_release):
+    """datasets decodes Video() with torchcodec, which is not installed here: the test reads the {bytes, path}
+    struct (Video(decode=False)) and decodes the MP4 bytes with PyAV, as the card tells users without it."""
+    import datasets
+    from PIL import Image
+
+    from workers.media import decode_video
+
+    _, dest, report, tmp = video_release
+    cats = report["files"]["data"]
+    videos = [c for c in ("motion_quality", "visual_quality", "video_text_alignment") if c in cats]
+    assert {"visual_quality", "video_text_alignment"} <= set(videos)  # decided by inheritance / construction
+    for cat in videos:
+        for split, expected in report["categories"][cat]["released"].items():
+            ds = load(dest, cat, split, tmp / "hf")
+            assert len(ds) == expected and isinstance(ds.features["video_w"], datasets.Video)
+            ds = ds.cast_column("video_w", datasets.Video(decode=False)).cast_column("video_l", datasets.Video(decode=False))
+            for row in ds:
+                assert row["category"] == cat and isinstance(row["image_w"], Image.Image)  # the first frame
+                for side in ("w", "l"):
+                    frames, fps = decode_video(row[f"video_{side}"]["bytes"])
+                    assert frames.shape == (row["frames"], row["height"], row["width"], 3) and fps == row["fps"]
+                    assert row[f"video_{side}"]["path"].endswith(f"-{side}.mp4")
+    everything = load(dest, "all", "train", tmp / "hf").cast_column("video_w", datasets.Video(decode=False))
+    assert {r["category"] for r in everything if r["video_w"] is not None} == \
+        {c for c in videos if report["categories"][c]["released"].get("train")}
+    twin = load(dest, "no_images", "train", tmp / "hf")
+    assert not {"image_w", "image_l", "video_w", "video_l"} & set(twin.column_names) and "frames" in twin.column_names
+
+
+def test_video_release_card_croissant_and_checksums(video_release):
+    import mlcroissant as mlc
+    from huggingface_hub import DatasetCard
+
+    _, dest, report, _ = video_release
+    card = DatasetCard.load(dest / "README.md")
+    meta = card.data.to_dict()
+    assert meta["task_categories"] == ["text-to-image", "image-to-video"]
+    infos = {i["config_name"]: i for i in meta["dataset_info"]}
+    for cat in ("visual_quality", "video_text_alignment", "all"):
+        features = infos[cat]["features"]
+        assert {"name": "video_w", "dtype": "video"} in features and {"name": "image_w", "dtype": "image"} in features
+    assert not {f["name"] for f in infos["no_images"]["features"]} & {"video_w", "video_l", "image_w", "image_l"}
+    assert "**inherited**" in card.text and "**construction**" in card.text and 'Video(decode=False)' in card.text
+    mlc.Dataset(jsonld=str(dest / "croissant.json"))  # raises on validation errors
+    sets = {rs["@id"]: rs for rs in json.loads((dest / "croissant.json").read_text())["recordSet"]}
+    fields = {f["name"]: f["dataType"] for f in sets["visual_quality"]["field"]}
+    assert fields["video_w"] == fields["video_l"] == "sc:VideoObject" and fields["image_w"] == "sc:ImageObject"
+    assert "video_w" not in {f["name"] for f in sets["composition"]["field"]}
+    lines = (dest / "SHA256SUMS").read_text().splitlines()
+    assert {n for n in (line.split("  ", 1)[1] for line in lines) if n.startswith("data/visual_quality/")}
+    for line in lines:
+        digest, name = line.split("  ", 1)
+        assert hashlib.sha256((dest / name).read_bytes()).hexdigest() == digest, name
+    assert meta["pairforge"]["data_sha256"] == {n: d for d, n in (line.split("  ", 1) for line in lines)
+                                                if n.startswith(("data/", "no_images/"))}
