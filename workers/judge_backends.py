@@ -114,7 +114,9 @@ class TransformersVLM(_LocalProcessorBackend):
         inputs = self.processor(text=texts, images=images or None, images_kwargs=self.image_kwargs,
                                 return_tensors="pt", padding=True, **video_args).to(self.device)
         with self.torch.inference_mode():
-            logits = self.model(**inputs).logits[:, -1].float()
+            # Only the answer position's logits: the full (batch, length, vocab) tensor of a 7B judge is
+            # ~15 GB at 32 pairs.
+            logits = self.model(**inputs, logits_to_keep=1).logits[:, -1].float()
         return [OptionResult(row) for row in logits.log_softmax(-1)[:, ids].cpu().numpy()]
 
 
