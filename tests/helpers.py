@@ -26,6 +26,22 @@ DECISIVE_PANELS = {("panels", "main", "logit_scale"): {"qwen2-vl-a": 1000.0, "qw
                    ("panels", "anatomy", "logit_scale"): {"qwen2-vl-a": 1000.0}}
 
 
+def small_video_demo(tmp: Path, keep: dict[str, int]) -> dict:
+    """configs/demo_video.yaml as data, smaller: the first `keep[category]` bundled video-demo prompts of each
+    category, 4 rows a shard under `tmp/out`, a panel of one judge (unanimous when it decides, so visual_quality
+    has parents) and motion pairs from one image-to-video model on two seeds."""
+    import yaml
+
+    data = yaml.safe_load((REPO / "configs/demo_video.yaml").read_text())
+    data["output"] = {"path": str(tmp / "out"), "rows_per_file": 4}
+    prompts = [json.loads(line) for line in (REPO / data["prompts"][0]["path"]).read_text().splitlines()]
+    chosen = [p for c, n in keep.items() for p in [p for p in prompts if p["category"] == c][:n]]
+    data["prompts"][0]["path"] = str(write_jsonl(tmp / "prompts.jsonl", chosen))
+    data["panels"]["main"] = {"judges": ["qwen2-vl-a"], "quorum": 1, "logit_scale": {"qwen2-vl-a": 1000.0}}
+    data["categories"]["motion_quality"]["generators"] = ["wan-i2v"]
+    return data
+
+
 def small_run_config(tmp_path: Path, n_prompts: int = 8, overrides: dict | None = None,
                      categories: tuple[str, ...] = ("composition",), **dotted):
     """The demo config restricted to `categories`, pointed at the first `n_prompts` prompts of each of them

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers import DECISIVE_PANELS, small_run_config
+from helpers import DECISIVE_PANELS, small_run_config, small_video_demo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -487,16 +487,7 @@ def video_release(ray_session, tmp_path_factory):
     from schemas.config import RunConfig
 
     tmp = tmp_path_factory.mktemp("video-release")
-    data = yaml.safe_load((REPO / "configs/demo_video.yaml").read_text())
-    data["output"] = {"path": str(tmp / "out"), "rows_per_file": 4}
-    prompts = [json.loads(line) for line in (REPO / data["prompts"][0]["path"]).read_text().splitlines()]
-    keep = {"composition": 2, "alignment": 1, "motion_quality": 1}
-    chosen = [p for c, n in keep.items() for p in [p for p in prompts if p["category"] == c][:n]]
-    (tmp / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in chosen))
-    data["prompts"][0]["path"] = str(tmp / "prompts.jsonl")
-    data["panels"]["main"] = {"judges": ["qwen2-vl-a"], "quorum": 1, "logit_scale": {"qwen2-vl-a": 1000.0}}
-    data["categories"]["motion_quality"]["generators"] = ["wan-i2v"]
-    run(RunConfig.model_validate(data))
+    run(RunConfig.model_validate(small_video_demo(tmp, {"composition": 2, "alignment": 1, "motion_quality": 1})))
     out = tmp / "out"
     cfg = write_yaml(tmp / "release.yaml", release_config(**{
         "splits.train": 0.5, "splits.validation": 0.0, "splits.test": 0.5,

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import yaml
-from helpers import REPO
+from helpers import REPO, small_video_demo
 from PIL import Image
 
 from pipelines.categories.motion_quality import score_label
@@ -159,18 +158,9 @@ def video_demo(ray_session, tmp_path_factory):
     from pipelines.run import run
 
     tmp = tmp_path_factory.mktemp("video")
-    data = yaml.safe_load(DEMO.read_text())
-    data["output"] = {"path": str(tmp / "out"), "rows_per_file": 4}
-    # The demo, smaller: 3 + 2 + 2 prompts, a panel of one judge (unanimous when it decides), and motion pairs
-    # from one model on two seeds (two models: test_motion_quality_plans_one_first_frame_for_two_generators).
-    prompts = [json.loads(line) for line in (REPO / data["prompts"][0]["path"]).read_text().splitlines()]
-    keep = {"composition": 3, "alignment": 2, "motion_quality": 2}
-    chosen = [p for c, n in keep.items() for p in [p for p in prompts if p["category"] == c][:n]]
-    (tmp / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in chosen))
-    data["prompts"][0]["path"] = str(tmp / "prompts.jsonl")
-    data["panels"]["main"] = {"judges": ["qwen2-vl-a"], "quorum": 1, "logit_scale": {"qwen2-vl-a": 1000.0}}
-    data["categories"]["motion_quality"]["generators"] = ["wan-i2v"]
-    cfg = RunConfig.model_validate(data)
+    # The demo, smaller: 3 + 2 + 2 prompts (motion pairs from two models:
+    # test_motion_quality_plans_one_first_frame_for_two_generators).
+    cfg = RunConfig.model_validate(small_video_demo(tmp, {"composition": 3, "alignment": 2, "motion_quality": 2}))
     first = run(cfg)
     out = Path(cfg.output.path)
     files = {kind: sorted(shard_files(out, kind)) for kind in ("pairs", "undecided", "errors")}
