@@ -44,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import math
 import os
 import re
 import shutil
@@ -65,6 +66,9 @@ from workers.publish import TMP_PREFIX, owned_temps, publish_atomically, remove,
 
 OWNER = "release"
 SPLITS = ("train", "validation", "test")
+_SPLIT_ORDER = {s: k for k, s in enumerate((*SPLITS, "test_unique"))}
+RUNTIME_KEYS = {"ray", "workers"}  # how the release runs, not what it holds: out of the report's config and hash
+WORK = ".work"                      # pass 1's intermediates, inside the staging directory
 IMAGE_COLUMNS = ("image_w", "image_l")
 VIDEO_COLUMNS = ("video_w", "video_l")    # video categories' videos; their image_w / image_l are the first frames
 MEDIA_COLUMNS = IMAGE_COLUMNS + VIDEO_COLUMNS
@@ -132,6 +136,12 @@ class UniqueTest:
         if len(self._keys) >= self.chunk:
             self._reduce()
 
+    def add_many(self, keys: np.ndarray, hashes: np.ndarray) -> None:
+        self._keys.extend(keys.tolist())
+        self._hashes.extend(hashes.tolist())
+        if len(self._keys) >= self.chunk:
+            self._reduce()
+
     def _reduce(self) -> None:
         keys = np.concatenate([self.keys, np.array(self._keys, np.uint64)])
         hashes = np.concatenate([self.hashes, np.array(self._hashes, np.float64)])
@@ -149,6 +159,12 @@ class UniqueTest:
     def chosen(self, key: int, h: float) -> bool:
         i = int(np.searchsorted(self.keys, np.uint64(key)))
         return i < len(self.keys) and int(self.keys[i]) == key and self.hashes[i] == h
+
+    def chosen_many(self, keys: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+        i = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
+        if not len(self.keys):
+            return np.zeros(len(keys), bool)
+        return (self.keys[i] == keys) & (self.hashes[i] == hashes)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -282,11 +298,12 @@ def row_counts(outs: list[Path], kind: str) -> Counter:
     return counts
 
 
-def read_batches(files: list[Path], columns: list[str] | None, batch_rows: int, batch_bytes: int | None = None):
+def read_batches(files: list[Path], columns: list[str] | None, batch_rows: int, batch_bytes: int | None = None,
+                 schema: pa.Schema | None = None):
     """One record batch at a time, of at most `batch_rows` rows and (from the shard's own row sizes) about
     `batch_bytes`; columns an older shard lacks come back as nulls (the release's schema is the current pair
     schema)."""
-    schema = pair_schema()
+    schema = schema or pair_schema()
     names = columns or schema.names
     for f in files:
         shard = pq.ParquetFile(f)
@@ -327,80 +344,163 @@ def texts_of(row_prompt: str, row_prompt_l: str | None) -> list[str]:
     return [row_prompt] + ([row_prompt_l] if row_prompt_l and row_prompt_l != row_prompt else [])
 
 
+def candidate_schema() -> pa.Schema:
+    """Pass 1's intermediates: the pair schema plus each row's sample hash and prompt key (what the caps and
+    `test_unique` decide by in pass 2)."""
+    schema = pair_schema()
+    return pa.schema([*schema, pa.field("_h", pa.float64()), pa.field("_key", pa.uint64())], metadata=schema.metadata)
+
+
+def part_path(work: Path, category: str, split: str, index: int) -> Path:
+    return work / category / split / f"{index:07d}.parquet"
+
+
+class Selector:
+    """Pass 1 over one input shard a call (a Ray Data actor, so the decontamination's MinHash index and embedder
+    are built once per actor). It makes every decision a row's own values settle: thresholds, decontamination
+    of the shard's distinct prompts, the seeded sample, the split. The survivors ("candidates": the caps and
+    `test_unique` may still thin them out) go to one intermediate Parquet per split named by the shard's index,
+    published atomically, so a retried call writes the same files again. Returns a small summary."""
+
+    def __init__(self, cfg: dict, evals: list[tuple[str, str]], work: str):
+        self.cfg = ReleaseConfig.model_validate(cfg)
+        self.decon = Decontaminator(self.cfg.decontamination, evals) if evals else None
+        self.work, self.schema = Path(work), candidate_schema()
+
+    def __call__(self, item: dict) -> dict:
+        cfg, sel = self.cfg, self.cfg.selection
+        index, category = item["index"], item["category"]
+        cap = sel.max_pairs.get(category)
+        read, selected, dropped, contaminated = 0, 0, Counter(), {}
+        smallest: list[float] = []        # max-heap (negated) of the `cap` smallest sample hashes
+        test_keys, test_hashes = [], []
+        writers: dict[str, tuple[Path, pq.ParquetWriter]] = {}
+        try:
+            for table in read_batches([Path(item["path"])], None, cfg.read_batch_rows, int(cfg.read_batch_mb * 2**20)):
+                read += table.num_rows
+                reasons = quality_reasons(table, cfg)
+                prompts, prompts_l = table["prompt"].to_pylist(), table["prompt_l"].to_pylist()
+                if self.decon is not None:
+                    distinct = sorted({t for k, (p, pl) in enumerate(zip(prompts, prompts_l)) if reasons[k] is None
+                                       for t in texts_of(p, pl) if normalize_prompt(t) not in contaminated})
+                    for text, m in zip(distinct, self.decon.match(distinct)):
+                        if m is not None:
+                            contaminated[normalize_prompt(text)] = {"prompt": text, "category": category, "pairs": 0, **m}
+                keep, splits, hashes, keys = [], [], [], []
+                for k, pair_id in enumerate(table["pair_id"].to_pylist()):
+                    if reasons[k] is None:
+                        norms = [normalize_prompt(t) for t in texts_of(prompts[k], prompts_l[k])]
+                        bad = next((contaminated[n] for n in norms if n in contaminated), None)
+                        if bad is not None:
+                            bad["pairs"] += 1
+                            reasons[k] = f"decontaminated:{bad['method']}"
+                    h = sample_hash(sel.seed, pair_id)
+                    if reasons[k] is None and h >= sel.sample:
+                        reasons[k] = "not_sampled"
+                    if reasons[k] is not None:
+                        dropped[reasons[k]] += 1
+                        continue
+                    selected += 1
+                    keep.append(k)
+                    hashes.append(h)
+                    keys.append(prompt_key(prompts[k]))
+                    splits.append(split_of(prompts[k], cfg.splits))
+                    if cap is not None:
+                        if len(smallest) < cap:
+                            heapq.heappush(smallest, -h)
+                        elif -smallest[0] > h:
+                            heapq.heapreplace(smallest, -h)
+                    if cfg.splits.test_unique and splits[-1] == "test":
+                        test_keys.append(keys[-1])
+                        test_hashes.append(h)
+                if not keep:
+                    continue
+                rows = table.take(pa.array(keep, pa.int64())) \
+                    .append_column("_h", pa.array(hashes, pa.float64())).append_column("_key", pa.array(keys, pa.uint64()))
+                split_col = pa.array(splits)
+                for split in SPLITS:
+                    part = rows.filter(pc.equal(split_col, split))
+                    if part.num_rows:
+                        if split not in writers:
+                            final = part_path(self.work, category, split, index)
+                            final.parent.mkdir(parents=True, exist_ok=True)
+                            tmp = temp_path(final, OWNER)
+                            writers[split] = (tmp, pq.ParquetWriter(tmp, self.schema, compression="zstd"))
+                        writers[split][1].write_table(part.cast(self.schema))
+            parts = {}
+            for split, (tmp, writer) in writers.items():
+                writer.close()
+                meta = pq.ParquetFile(tmp).metadata
+                meta_bytes = sum(rg.column(j).total_compressed_size for rg in map(meta.row_group, range(meta.num_row_groups))
+                                 for j in range(rg.num_columns) if rg.column(j).path_in_schema.split(".")[0] not in MEDIA_COLUMNS)
+                parts[split] = [meta.num_rows, tmp.stat().st_size, meta_bytes]
+                os.replace(tmp, part_path(self.work, category, split, index))  # a retry's file replaces its twin
+        finally:
+            for tmp, writer in writers.values():
+                if tmp.exists():   # failed before it was published
+                    writer.close()
+                    tmp.unlink()
+        summary = {"index": index, "category": category, "read": read, "selected": selected, "dropped": dropped,
+                   "contaminated": contaminated, "parts": parts}
+        return {"summary": json.dumps(summary), "cap_hashes": np.sort(-np.array(smallest, np.float64)).tobytes(),
+                "test_keys": np.array(test_keys, np.uint64).tobytes(), "test_hashes": np.array(test_hashes, np.float64).tobytes()}
+
+
 @dataclass
 class Plan:
-    """What pass 1 decided, all of it small: counts, the contaminated prompts, a hash threshold per capped
-    category, and the test pair chosen for each test prompt."""
+    """What pass 1 found, all of it small: counts, the contaminated prompts, a hash threshold per capped
+    category, the test pair chosen for each test prompt, and the intermediates (index, rows, bytes, bytes
+    without pixels) of each (category, split)."""
 
     read: Counter = field(default_factory=Counter)                       # category -> decided pairs read
     dropped: dict = field(default_factory=lambda: defaultdict(Counter))  # category -> reason -> pairs
     contaminated: dict = field(default_factory=dict)                     # normalised text -> match record
     cap_threshold: dict = field(default_factory=dict)                    # category -> max sample hash kept
     unique_test: UniqueTest = field(default_factory=UniqueTest)          # test prompt -> smallest sample hash
+    parts: dict = field(default_factory=lambda: defaultdict(list))       # (category, split) -> [(index, rows, bytes, meta bytes)]
 
 
-def plan_release(files: dict[str, list[Path]], cfg: ReleaseConfig, decon: Decontaminator | None) -> Plan:
-    plan = Plan()
-    sel = cfg.selection
-    heaps: dict[str, list[float]] = defaultdict(list)   # max-heaps (negated) of the smallest sample hashes
+def plan_release(sources: list[dict], cfg: ReleaseConfig, evals: list[tuple[str, str]], work: Path, workers: int) -> Plan:
+    """Pass 1 over Ray Data (an actor pool of `workers`, one input shard a call); the summaries stream back to
+    the driver and are merged as they come, in whatever order (every merge below is order-free)."""
+    import ray.data
+
+    plan, first = Plan(), {}
     selected: Counter = Counter()
-    for category, cat_files in files.items():
-        cap = sel.max_pairs.get(category)
-        for table in read_batches(cat_files, DECISION_COLUMNS, 8192):
-            plan.read[category] += table.num_rows
-            reasons = quality_reasons(table, cfg)
-            prompts, prompts_l = table["prompt"].to_pylist(), table["prompt_l"].to_pylist()
-            if decon is not None:
-                distinct = sorted({t for k, (p, pl) in enumerate(zip(prompts, prompts_l)) if reasons[k] is None
-                                   for t in texts_of(p, pl) if normalize_prompt(t) not in plan.contaminated})
-                for text, m in zip(distinct, decon.match(distinct)):
-                    if m is not None:
-                        plan.contaminated[normalize_prompt(text)] = {"prompt": text, "category": category, "pairs": 0, **m}
-            for k, pair_id in enumerate(table["pair_id"].to_pylist()):
-                if reasons[k] is None:
-                    keys = [normalize_prompt(t) for t in texts_of(prompts[k], prompts_l[k])]
-                    bad = next((plan.contaminated[key] for key in keys if key in plan.contaminated), None)
-                    if bad is not None:
-                        bad["pairs"] += 1
-                        reasons[k] = f"decontaminated:{bad['method']}"
-                h = sample_hash(sel.seed, pair_id)
-                if reasons[k] is None and h >= sel.sample:
-                    reasons[k] = "not_sampled"
-                if reasons[k] is not None:
-                    plan.dropped[category][reasons[k]] += 1
+    smallest: dict[str, np.ndarray] = {}
+    ds = ray.data.from_items(sources, override_num_blocks=len(sources)).map(
+        Selector, fn_constructor_kwargs=dict(cfg=cfg.model_dump(mode="json"), evals=evals, work=str(work)),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(workers, len(sources)))), num_cpus=1)
+    for row in ds.iter_rows():
+        s = json.loads(row["summary"])
+        category, index = s["category"], s["index"]
+        plan.read[category] += s["read"]
+        plan.dropped[category].update(s["dropped"])
+        selected[category] += s["selected"]
+        for norm, m in s["contaminated"].items():
+            # the report names the first input shard's match (the same whatever order the shards finished in)
+            if norm in plan.contaminated:
+                m["pairs"], prev = m["pairs"] + plan.contaminated[norm]["pairs"], first[norm]
+                if prev < index:
+                    plan.contaminated[norm]["pairs"] = m["pairs"]
                     continue
-                selected[category] += 1
-                if cap is not None:
-                    if len(heaps[category]) < cap:
-                        heapq.heappush(heaps[category], -h)
-                    elif -heaps[category][0] > h:
-                        heapq.heapreplace(heaps[category], -h)
-                if cfg.splits.test_unique and split_of(prompts[k], cfg.splits) == "test":
-                    plan.unique_test.add(prompt_key(prompts[k]), h)
-        if cap is not None and selected[category] > cap:
-            plan.cap_threshold[category] = -heaps[category][0]
+            plan.contaminated[norm], first[norm] = m, index
+        for split, (rows, nbytes, meta_bytes) in s["parts"].items():
+            plan.parts[(category, split)].append((index, rows, nbytes, meta_bytes))
+        cap = cfg.selection.max_pairs.get(category)
+        if cap is not None:
+            merged = np.concatenate([smallest.get(category, np.empty(0)), np.frombuffer(row["cap_hashes"], np.float64)])
+            smallest[category] = np.sort(merged)[:cap]
+        if row["test_keys"]:
+            plan.unique_test.add_many(np.frombuffer(row["test_keys"], np.uint64), np.frombuffer(row["test_hashes"], np.float64))
+    for category, cap in cfg.selection.max_pairs.items():
+        if selected[category] > cap:
+            plan.cap_threshold[category] = float(smallest[category][-1])
             plan.dropped[category]["over_cap"] += selected[category] - cap
+    for parts in plan.parts.values():
+        parts.sort()
     plan.unique_test.finish()
     return plan
-
-
-def released_rows(table: pa.Table, cfg: ReleaseConfig, plan: Plan, category: str) -> tuple[pa.Table, list[str], list[bool]]:
-    """Pass 2's rows of a batch that the plan releases, with each one's split and whether it is its
-    prompt's `test_unique` pair (the same decisions as pass 1, from the row's own values)."""
-    reasons = quality_reasons(table, cfg)
-    limit = plan.cap_threshold.get(category, 1.0)
-    keep, splits, unique = [], [], []
-    prompts, prompts_l = table["prompt"].to_pylist(), table["prompt_l"].to_pylist()
-    for k, pair_id in enumerate(table["pair_id"].to_pylist()):
-        if reasons[k] is not None or any(normalize_prompt(t) in plan.contaminated for t in texts_of(prompts[k], prompts_l[k])):
-            continue
-        h = sample_hash(cfg.selection.seed, pair_id)
-        if h >= cfg.selection.sample or h > limit:
-            continue
-        keep.append(k)
-        splits.append(split_of(prompts[k], cfg.splits))
-        unique.append(splits[-1] == "test" and cfg.splits.test_unique and plan.unique_test.chosen(prompt_key(prompts[k]), h))
-    return table.take(pa.array(keep, pa.int64())), splits, unique
 
 
 # ---------------------------------------------------------------- writing shards
@@ -414,99 +514,169 @@ def without_media(schema: pa.Schema) -> pa.Schema:
     return pa.schema(keep, metadata={"huggingface": json.dumps(hf)})
 
 
-class SplitWriter:
-    """The shards of one (tree, category, split): rows are buffered into a row group until it holds
-    `row_group_bytes` (in memory; as `datasets` sizes them) or `row_group_rows` rows, and a new shard starts
-    once the current one reaches `target_bytes`. Row groups by size rather than by count keep both a shard of
-    videos and one of metadata-only rows (a million rows in 500 MB) to a few dozen row groups, whose footer
-    the writer holds until the shard closes. Shards carry temporary dot-names until `finish` knows their count."""
+def kept_mask(table: pa.Table, limit: float, unique: UniqueTest | None) -> np.ndarray:
+    """Which candidates the caps (`limit`: the largest sample hash kept) and, for `test_unique`, the choice of
+    each test prompt's pair keep."""
+    h = table["_h"].to_numpy()
+    mask = h <= limit
+    if unique is not None:
+        mask &= unique.chosen_many(table["_key"].to_numpy(), h)
+    return mask
 
-    def __init__(self, directory: Path, split: str, schema: pa.Schema, target_bytes: int, row_group_bytes: int,
-                 row_group_rows: int | None):
-        self.directory, self.split, self.schema = directory, split, schema
-        self.target_bytes, self.row_group_bytes, self.row_group_rows = target_bytes, row_group_bytes, row_group_rows
+
+def count_kept(item: dict, limits: dict[str, float], unique) -> dict:
+    """Pass 1b, for the (category, split)s a cap or `test_unique` thins: how many of an intermediate's candidates
+    are kept (reads two numeric columns)."""
+    import ray
+
+    table = pq.read_table(item["path"], columns=["_h", "_key"])
+    kept = kept_mask(table, limits.get(item["category"], 1.0), ray.get(unique) if item["unique"] else None)
+    return {**item, "kept": int(kept.sum())}
+
+
+def shard_specs(plan: Plan, cfg: ReleaseConfig, work: Path, trees: list[str], kept: dict) -> list[dict]:
+    """Every output shard, decided before any is written, from the intermediates' row counts and sizes only: a
+    (category, split)'s kept rows in input order, cut where the estimated compressed size (the intermediate's
+    bytes per row, with or without pixels) reaches `shard_size_mb`. So the cut points, names and contents of the
+    shards depend on the input and config alone, and each shard can be written by its own task."""
+    target = cfg.shard_size_mb * 2**20
+    specs = []
+    for category in sorted({c for c, _ in plan.parts}):
+        for split in (*SPLITS, *(("test_unique",) if cfg.splits.test_unique else ())):
+            pieces = []
+            for index, rows, nbytes, meta_bytes in plan.parts.get((category, "test" if split == "test_unique" else split), []):
+                path = part_path(work, category, "test" if split == "test_unique" else split, index)
+                n = kept.get((str(path), split == "test_unique"), rows)
+                if n:
+                    pieces.append((str(path), n, nbytes / rows, meta_bytes / rows))
+            for tree in trees:
+                shards, current, size = [], [], 0.0
+                for path, n, per_row, per_row_meta in pieces:
+                    row_bytes, start = (per_row if tree == "data" else per_row_meta), 0
+                    while start < n:
+                        take = n - start if size + (n - start) * row_bytes < target else \
+                            max(1, math.ceil((target - size) / row_bytes))
+                        current.append({"path": path, "start": start, "end": start + take})
+                        size, start = size + take * row_bytes, start + take
+                        if size >= target:
+                            shards.append(current)
+                            current, size = [], 0.0
+                if current:
+                    shards.append(current)
+                specs += [{"tree": tree, "category": category, "split": split, "k": k, "n": len(shards), "ranges": ranges}
+                          for k, ranges in enumerate(shards)]
+    return specs
+
+
+class RowGroups:
+    """Rows buffered into a Parquet row group until it holds `row_group_bytes` (in memory, as `datasets` sizes
+    them) or `row_group_rows` rows. Row groups by size rather than count keep both a shard of videos and one of
+    metadata-only rows (a million rows in 500 MB) to a few dozen row groups."""
+
+    def __init__(self, writer: pq.ParquetWriter, row_group_bytes: int, row_group_rows: int | None):
+        self.writer, self.row_group_bytes, self.row_group_rows = writer, row_group_bytes, row_group_rows
         self.pending: list[pa.Table] = []
         self.pending_rows = self.pending_bytes = 0
-        self.parts: list[Path] = []
-        self.sink = self.writer = None
-        self.rows = self.nbytes = 0
 
     def add(self, table: pa.Table) -> None:
-        if not table.num_rows:
-            return
-        self.pending.append(table.select(self.schema.names).cast(self.schema))
+        self.pending.append(table)
         self.pending_rows += table.num_rows
-        self.pending_bytes += self.pending[-1].nbytes
+        self.pending_bytes += table.nbytes
         if len(self.pending) >= 64:
-            # Copy many small pieces (a split's share of a batch can be a few rows) into one: each piece's
-            # ~100 small buffers would otherwise pin allocator pages, and RSS grew with the rows buffered.
+            # Copy many small pieces into one: each piece's ~100 small buffers would otherwise pin allocator pages
             self.pending = [pa.concat_tables(self.pending).combine_chunks()]
         while self.row_group_rows and self.pending_rows >= self.row_group_rows:
-            self._write_row_group(self.row_group_rows)
+            self.flush(self.row_group_rows)
         if self.pending_bytes >= self.row_group_bytes:
-            self._write_row_group(self.pending_rows)
+            self.flush(self.pending_rows)
 
-    def _write_row_group(self, n: int) -> None:
-        """Write the first `n` pending rows as one row group; close the shard once it reaches the target."""
+    def flush(self, n: int | None = None) -> None:
+        """Write the first `n` pending rows (all by default) as one row group."""
+        n = self.pending_rows if n is None else n
+        if not n:
+            return
         pending = pa.concat_tables(self.pending)
-        table, rest = pending.slice(0, n), pending.slice(n)
-        self.pending, self.pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
-        self.pending_bytes = rest.nbytes
-        if self.writer is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self.parts.append(self.directory / f".{self.split}-{len(self.parts):05d}.parquet")
-            self.sink = pa.OSFile(str(self.parts[-1]), "wb")
-            self.writer = pq.ParquetWriter(self.sink, self.schema, compression="zstd")
-        self.writer.write_table(table, row_group_size=n)
-        self.rows += table.num_rows
-        self.nbytes += table.nbytes
-        if self.sink.tell() >= self.target_bytes:  # write_table closed its row group: tell() is the size so far
-            self._close()
-
-    def _close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.sink.close()
-            self.writer = self.sink = None
-
-    def finish(self) -> list[Path]:
-        """Write the last rows, close, and rename the shards to their final `<split>-NNNNN-of-NNNNN.parquet` names."""
-        if self.pending_rows:
-            self._write_row_group(self.pending_rows)
-        self._close()
-        final = [self.directory / f"{self.split}-{k:05d}-of-{len(self.parts):05d}.parquet" for k in range(len(self.parts))]
-        for tmp, path in zip(self.parts, final):
-            os.rename(tmp, path)
-        return final
+        self.writer.write_table(pending.slice(0, n), row_group_size=n)
+        rest = pending.slice(n)
+        self.pending, self.pending_rows, self.pending_bytes = ([rest] if rest.num_rows else []), rest.num_rows, rest.nbytes
 
 
-def write_release(stage: Path, files: dict[str, list[Path]], cfg: ReleaseConfig, plan: Plan) -> dict:
-    """Pass 2: per category, every released row into its split's shards (and the no-images twin's).
-    Returns {tree: {category: {split: {"rows", "bytes", "files", "sha256"}}}}."""
-    schema = pair_schema()
-    trees = {"data": schema, **({"no_images": without_media(schema)} if cfg.no_images else {})}
-    target = int(cfg.shard_size_mb * 2**20)
+def write_shard(spec: dict, stage: str, cfg: dict, limits: dict[str, float], unique) -> dict:
+    """Pass 2, one output shard a task: its ranges of kept candidates, in order, into row groups, under a
+    temporary name renamed to `<split>-NNNNN-of-NNNNN.parquet` (a retried task writes the same bytes again);
+    returns its rows, size in memory and sha256 (hashed here, while the file is in the page cache)."""
+    import ray
+
+    cfg_ = ReleaseConfig.model_validate(cfg)
+    schema = pair_schema() if spec["tree"] == "data" else without_media(pair_schema())
+    final = Path(stage) / spec["tree"] / spec["category"] / f"{spec['split']}-{spec['k']:05d}-of-{spec['n']:05d}.parquet"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    limit = limits.get(spec["category"], 1.0)
+    chooser = ray.get(unique) if spec["split"] == "test_unique" else None
+    tmp = temp_path(final, OWNER)
+    rows = nbytes = 0
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            groups = RowGroups(writer, int(cfg_.row_group_mb * 2**20), cfg_.row_group_rows)
+            for r in spec["ranges"]:
+                path, start, end = r["path"], r["start"], r["end"]
+                seen = 0   # kept candidates of this intermediate before the batch
+                for table in read_batches([Path(path)], [*schema.names, "_h", "_key"], cfg_.read_batch_rows,
+                                          int(cfg_.read_batch_mb * 2**20), candidate_schema()):
+                    if limit < 1.0 or chooser is not None:
+                        table = table.filter(pa.array(kept_mask(table, limit, chooser)))
+                    lo, hi = max(start - seen, 0), min(end - seen, table.num_rows)
+                    seen += table.num_rows
+                    if hi > lo:
+                        piece = table.slice(lo, hi - lo).select(schema.names).cast(schema)
+                        rows, nbytes = rows + piece.num_rows, nbytes + piece.nbytes
+                        groups.add(piece)
+                    if seen >= end:
+                        break
+            groups.flush()
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"tree": spec["tree"], "category": spec["category"], "split": spec["split"], "k": spec["k"],
+            "file": str(final.relative_to(stage)), "rows": rows, "bytes": nbytes, "sha256": sha256_file(final)}
+
+
+def write_release(stage: Path, sources: list[dict], cfg: ReleaseConfig, evals: list[tuple[str, str]],
+                  workers: int) -> tuple[Plan, dict]:
+    """Pass 1 (select, into intermediates under stage/.work), pass 1b (count what the caps and `test_unique`
+    keep), pass 2 (every output shard by its own task), all over Ray Data; the intermediates are removed after.
+    Returns the plan and {tree: {category: {split: {"rows", "bytes", "files", "sha256"}}}}."""
+    import ray
+    import ray.data
+
+    work = stage / WORK
+    plan = plan_release(sources, cfg, evals, work, workers)
+    trees = ["data", *(["no_images"] if cfg.no_images else [])]
+    unique = ray.put(plan.unique_test)
+    limits = dict(plan.cap_threshold)
+    counted = [{"path": str(part_path(work, c, s, i)), "category": c, "unique": unique_split}
+               for (c, s), parts in sorted(plan.parts.items()) for i, *_ in parts
+               for unique_split in ([False] if c in limits else []) + ([True] if s == "test" and cfg.splits.test_unique else [])]
+    kept = {}
+    if counted:
+        ds = ray.data.from_items(counted, override_num_blocks=min(len(counted), 4 * workers))
+        for r in ds.map(count_kept, fn_kwargs=dict(limits=limits, unique=unique), num_cpus=1).iter_rows():
+            kept[(r["path"], r["unique"])] = r["kept"]
+    specs = shard_specs(plan, cfg, work, trees, kept)
     written: dict = {tree: {} for tree in trees}
-    for category, cat_files in files.items():
-        writers = {(tree, split): SplitWriter(stage / tree / category, split, tree_schema, target,
-                                              int(cfg.row_group_mb * 2**20), cfg.row_group_rows)
-                   for tree, tree_schema in trees.items()
-                   for split in (*SPLITS, *(("test_unique",) if cfg.splits.test_unique else ()))}
-        for table in read_batches(cat_files, None, cfg.read_batch_rows, int(cfg.read_batch_mb * 2**20)):
-            rows, splits, unique = released_rows(table, cfg, plan, category)
-            if not rows.num_rows:
-                continue
-            split_col = pa.array(splits)
-            for (_, split), w in writers.items():
-                mask = pa.array(unique) if split == "test_unique" else pc.equal(split_col, split)
-                w.add(rows.filter(mask))
-        for (tree, split), w in writers.items():
-            paths = w.finish()
-            if paths:
-                written[tree].setdefault(category, {})[split] = {
-                    "rows": w.rows, "bytes": w.nbytes, "files": [str(p.relative_to(stage)) for p in paths],
-                    "sha256": [sha256_file(p) for p in paths]}   # while the file is fresh in the page cache
-    return written
+    if specs:
+        ds = ray.data.from_items(specs, override_num_blocks=len(specs)).map(
+            write_shard, fn_kwargs=dict(stage=str(stage), cfg=cfg.model_dump(mode="json"), limits=limits, unique=unique),
+            num_cpus=1, compute=ray.data.TaskPoolStrategy(size=max(1, min(workers, len(specs)))))
+        for r in sorted(ds.iter_rows(), key=lambda r: (r["tree"], r["category"], _SPLIT_ORDER[r["split"]], r["k"])):
+            v = written[r["tree"]].setdefault(r["category"], {}).setdefault(
+                r["split"], {"rows": 0, "bytes": 0, "files": [], "sha256": []})
+            v["rows"] += r["rows"]
+            v["bytes"] += r["bytes"]
+            v["files"].append(r["file"])
+            v["sha256"].append(r["sha256"])
+    shutil.rmtree(work, ignore_errors=True)
+    return plan, written
 
 
 # ---------------------------------------------------------------- the release
@@ -567,21 +737,27 @@ def release(outs: list[str | Path], dest: str | Path, cfg: ReleaseConfig, *, ove
         if mine.fullmatch(stale.name):
             remove(stale)
     started = time.time()
-    decon = Decontaminator(cfg.decontamination, evals) if evals else None
-    plan = plan_release(files, cfg, decon)
+    from pipelines.run import init_ray
+
+    init_ray(cfg.ray)
+    import ray
+
+    workers = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    sources = [{"index": k, "category": c, "path": str(f)}
+               for k, (c, f) in enumerate((c, f) for c, fs in files.items() for f in fs)]
 
     def build(stage: Path) -> None:
         stage.mkdir()
-        written = write_release(stage, files, cfg, plan)
+        plan, written = write_release(stage, sources, cfg, evals, workers)
         if not written["data"]:
             raise ReleaseError("every pair was dropped by the selection (see the thresholds, caps and sample)")
-        sources = copy_sources(stage, outs)
+        sources_info = copy_sources(stage, outs)
         report.update(_report(outs, cfg, plan, written, config_path, started))
         (stage / "release_report.json").write_text(json.dumps(report, indent=1))
         (stage / "decontamination.json").write_text(json.dumps(_decon_report(cfg, evals, plan), indent=1))
         if cfg.croissant:
-            write_croissant(stage, cfg, written, sources)
-        write_card(stage, cfg, written, report, sources)
+            write_croissant(stage, cfg, written, sources_info)
+        write_card(stage, cfg, written, report, sources_info)
         write_checksums(stage, data_checksums(written))
 
     report: dict = {}
@@ -617,8 +793,8 @@ def _report(outs, cfg: ReleaseConfig, plan: Plan, written: dict, config_path, st
     return {
         "format": "pairforge-release/1", "name": cfg.name, "pipeline_version": PIPELINE_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.time() - started, 2),
-        "config_path": config_path, "config": cfg.model_dump(mode="json"),
-        "config_hash": stable_hash(cfg.model_dump(mode="json")),
+        "config_path": config_path, "config": cfg.model_dump(mode="json", exclude=RUNTIME_KEYS),
+        "config_hash": stable_hash(cfg.model_dump(mode="json", exclude=RUNTIME_KEYS)),
         "outputs": [str(o.resolve()) for o in outs],
         "categories": per_cat,
         "totals": {"decided": sum(decided.values()), "released_pairs": sum(v["released_pairs"] for v in per_cat.values()),

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from schemas.config import ConfigError, Strict, load_yaml_model
+from schemas.config import ConfigError, RayConfig, Strict, load_yaml_model
 from schemas.pair import CATEGORIES, LABEL_SOURCES
 
 # Label sources whose rows store a confidence / an agreement (voting.py; construction stores confidence 1.0).
@@ -117,6 +117,10 @@ class ReleaseConfig(Strict):
     row_group_rows: int | None = Field(None, ge=1, description="and at most this many rows (default: no limit)")
     read_batch_rows: int = Field(256, ge=1, description="rows read from the run shards at a time, at most")
     read_batch_mb: float = Field(64, gt=0, description="... and about this many MB (fewer rows of videos than of images)")
+    workers: int | None = Field(None, ge=1, description="pass-1 actors and concurrent shard writers at most "
+                                "(default: one per CPU of the Ray cluster)")
+    ray: RayConfig = Field(RayConfig(), description="the Ray to run on (as a run's `ray`: $RAY_ADDRESS under "
+                           "`ray job submit`, else a local Ray)")
     no_images: bool = Field(True, description="also a metadata-only twin without pixels (config `no_images`)")
     croissant: bool = True
 
