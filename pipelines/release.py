@@ -675,6 +675,12 @@ def write_release(stage: Path, sources: list[dict], cfg: ReleaseConfig, evals: l
             v["bytes"] += r["bytes"]
             v["files"].append(r["file"])
             v["sha256"].append(r["sha256"])
+    # A SIGKILLed attempt (its retry has written the shard) leaves its temporary file behind: sweep them now
+    # that every task is done, with the intermediates.
+    for tree in trees:
+        for directory in (stage / tree).glob("*"):
+            for stale in owned_temps(directory, OWNER):
+                remove(stale)
     shutil.rmtree(work, ignore_errors=True)
     return plan, written
 

@@ -561,3 +561,58 @@ def test_video_release_card_croissant_and_checksums(video_release):
         assert hashlib.sha256((dest / name).read_bytes()).hexdigest() == digest, name
     assert meta["pairforge"]["data_sha256"] == {n: d for d, n in (line.split("  ", 1) for line in lines)
                                                 if n.startswith(("data/", "no_images/"))}
+
+
+# ---------------------------------------------------------------- workers SIGKILLed mid-release
+
+def test_release_workers_killed_mid_pass_are_retried_and_the_release_is_byte_identical(ray_session, tmp_path):
+    """SIGKILL the pass-1 actors once their first intermediate is out and the pass-2 writers once their first
+    shard is out (their real worker processes, as the OOM killer would): Ray restarts and retries them, and the
+    release is byte for byte the one a clean run makes, every pair once."""
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    sys.path.insert(0, str(REPO))  # benchmarks/ is not installed
+    from benchmarks.synthetic import write_synthetic_output
+
+    out = tmp_path / "out"
+    write_synthetic_output(out, 16_000, rows_per_file=400, undecided_fraction=0.0)  # 40 input shards, no pixels
+    cfg = ReleaseConfig.model_validate(release_config(**{"shard_size_mb": 0.05, "workers": 2}))
+    release([out], tmp_path / "clean", cfg)
+    killed: dict[str, int] = {}
+
+    def kill(title: str) -> None:
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if p.cmdline() and p.cmdline()[0].startswith(title):
+                    os.kill(p.pid, signal.SIGKILL)
+                    killed[title] = killed.get(title, 0) + 1
+            except psutil.Error:
+                pass
+
+    def killer() -> None:
+        deadline = time.time() + 300
+        for first_output, title in ((".work/*/*/0*.parquet", "ray::MapWorker(Map(Selector))"),
+                                    ("data/*/*-of-*.parquet", "ray::Map(write_shard)")):
+            while time.time() < deadline and not any(next(s.glob(first_output), None)
+                                                     for s in tmp_path.glob(".tmp-release-*-faulty")):
+                time.sleep(0.02)
+            kill(title)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    report = release([out], tmp_path / "faulty", cfg)
+    thread.join(timeout=30)
+
+    assert killed.get("ray::MapWorker(Map(Selector))", 0) >= 1 and killed.get("ray::Map(write_shard)", 0) >= 1, killed
+    shards = lambda d: sorted(p.relative_to(d) for p in d.rglob("*.parquet"))  # noqa: E731
+    assert shards(tmp_path / "faulty") == shards(tmp_path / "clean") and len(shards(tmp_path / "clean")) > 20
+    assert all((tmp_path / "faulty" / f).read_bytes() == (tmp_path / "clean" / f).read_bytes()
+               for f in shards(tmp_path / "clean"))
+    ids = [i for f in (tmp_path / "faulty" / "data").glob("*/*.parquet") if not f.name.startswith("test_unique")
+           for i in pq.read_table(f, columns=["pair_id"])["pair_id"].to_pylist()]
+    assert len(ids) == len(set(ids)) == report["totals"]["released_pairs"] == 16_000
+    assert not [p for p in tmp_path.rglob(".tmp-*")]
