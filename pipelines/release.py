@@ -13,27 +13,26 @@ script:
     sources/<k>-<name>/manifest.json, stats.json    each run output's manifest and stats
     SHA256SUMS                                  every other file (`sha256sum -c SHA256SUMS`)
 
-Two streaming passes over the decided pairs (pyarrow, one batch at a time; no process holds the rows):
-1. metadata only (no pixel columns): thresholds, decontamination of each batch's distinct prompts, the seeded
-   sample, the per-category caps (a bounded heap of the smallest sample hashes) and, for `test_unique`, the
-   smallest sample hash of each test prompt (16 bytes a test prompt, in numpy arrays);
-2. per category, every column: the same decisions, rows appended to per-split shard writers whose row groups
-   close at `row_group_mb` and whose shards roll over at `shard_size_mb`. Shards are written under temporary
-   names and renamed to `-NNNNN-of-NNNNN` once their count is known, all inside a staging directory that is
-   published as DEST in one rename. Each file is hashed once, for SHA256SUMS and the card.
-Driver memory is bounded whatever the size of the outputs: one read batch (`read_batch_mb`), the open row
-groups (two trees x four splits x `row_group_mb`) and the plan (README, "Streaming", has the measurements of
-benchmarks/release_scale.py).
-
-Why a streaming pass on the driver and not Ray Data: a release must be reproducible byte for byte (the same
-outputs and config give the same Parquet files and checksums), so the order of rows in a shard and where
-row groups and shards are cut must depend only on the input. Ray Data's blocks, their boundaries and the order
-its tasks finish in depend on the cluster (`preserve_order` restores the order, but then its writes are
-sequential anyway, and its sink names files by task, not `-NNNNN-of-NNNNN` by count). The work is I/O: every
-byte is read once with pixels and once without, and written once, with a few string hashes per row; one
-process streams that at disk speed. On a cluster, `ray job submit -- python -m
-pipelines.release ...` runs it as the job's driver on the head node over shared storage (the outputs must be
-readable there, as a run writes them); the embedding check runs on that node's accelerator if it has one.
+Three passes over Ray Data, each a set of independent tasks over shared storage (no process holds the rows):
+1. `Selector`, an actor pool, one input shard a call: thresholds, decontamination of the shard's distinct
+   prompts, the seeded sample and each row's split; the surviving rows ("candidates") go to one intermediate
+   Parquet per split under the staging directory's `.work/`, named by the input shard's index, and a small
+   summary comes back to the driver (counts, matches, the `max_pairs` smallest sample hashes, each test pair's
+   prompt key and hash);
+1b. the driver merges the summaries (every merge is order-free) into the plan: a hash threshold per capped
+   category and each test prompt's smallest hash (`test_unique`, 16 bytes a test prompt in numpy arrays);
+   `count_kept` tasks count what those keep of each intermediate (two numeric columns read);
+2. `shard_specs` cuts each (category, split) into output shards from those counts and the intermediates' bytes
+   per row only, and `write_shard` tasks write one shard each (row groups close at `row_group_mb`) straight
+   to its final `-NNNNN-of-NNNNN` name, hashing it for SHA256SUMS and the card.
+Why this is byte-reproducible although tasks finish in any order: the order of rows in a shard (input shards
+in sorted order, rows in file order), the cut points and the row groups depend only on the input and the
+config, never on Ray's blocks or scheduling. Why it is exactly-once: every file a task writes has a
+deterministic name and is published by rename, so a retried task (Ray retries killed workers) rewrites the
+same bytes; a killed attempt's temporary file is swept when all tasks are done. The driver's memory is the plan.
+Costs: the released rows are written twice (intermediates, then shards), so the staging directory needs
+about the release's size again while it runs. On a cluster, OUTs and DEST must be on storage every node
+reads and writes (as a run's output must be); `ray job submit -- python -m pipelines.release ...`.
 
 Splits: a prompt's split is a hash of its normalised text (so the same prompt, however it is cased or
 punctuated, never lands in two splits, and a release of grown outputs keeps every earlier pair's split).
