@@ -118,33 +118,31 @@ def prompt_key(text: str) -> int:
 
 class UniqueTest:
     """Each test prompt's smallest sample hash (its `test_unique` pair), in two sorted numpy arrays: 16 bytes a
-    test prompt instead of a dict entry (~200 bytes). Pass 1 `add`s every selected test pair; pairs arrive in
-    chunks that are reduced (per key, the minimum) as they grow, so the state is the distinct test prompts."""
+    test prompt instead of a dict entry (~200 bytes). The driver adds each input shard's test pairs as numpy
+    arrays; they are reduced (per key, the minimum) once `chunk` are pending, so the state is the distinct test
+    prompts plus at most one chunk."""
 
     chunk = 1 << 20
 
     def __init__(self):
         self.keys = np.empty(0, np.uint64)
         self.hashes = np.empty(0, np.float64)
-        self._keys: list[int] = []
-        self._hashes: list[float] = []
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._n = 0
 
     def add(self, key: int, h: float) -> None:
-        self._keys.append(key)
-        self._hashes.append(h)
-        if len(self._keys) >= self.chunk:
-            self._reduce()
+        self.add_many(np.array([key], np.uint64), np.array([h], np.float64))
 
     def add_many(self, keys: np.ndarray, hashes: np.ndarray) -> None:
-        self._keys.extend(keys.tolist())
-        self._hashes.extend(hashes.tolist())
-        if len(self._keys) >= self.chunk:
+        self._pending.append((keys, hashes))
+        self._n += len(keys)
+        if self._n >= self.chunk:
             self._reduce()
 
     def _reduce(self) -> None:
-        keys = np.concatenate([self.keys, np.array(self._keys, np.uint64)])
-        hashes = np.concatenate([self.hashes, np.array(self._hashes, np.float64)])
-        self._keys, self._hashes = [], []
+        keys = np.concatenate([self.keys, *(k for k, _ in self._pending)])
+        hashes = np.concatenate([self.hashes, *(h for _, h in self._pending)])
+        self._pending, self._n = [], 0
         order = np.lexsort((hashes, keys))                      # by key, then hash: the first of a key is its minimum
         keys, hashes = keys[order], hashes[order]
         first = np.ones(len(keys), bool)
