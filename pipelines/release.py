@@ -43,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import logging
 import math
 import os
 import re
@@ -740,9 +741,10 @@ def release(outs: list[str | Path], dest: str | Path, cfg: ReleaseConfig, *, ove
         if mine.fullmatch(stale.name):
             remove(stale)
     started = time.time()
-    from pipelines.run import init_ray
+    from pipelines.run import RAY_WARNINGS_NOTE, init_ray
 
     init_ray(cfg.ray)
+    logging.getLogger("pairforge").info(RAY_WARNINGS_NOTE)
     import ray
 
     workers = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))

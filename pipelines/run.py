@@ -68,6 +68,10 @@ def _wait_for_cluster(address: str, named_by: str, timeout_s: float) -> None:
             time.sleep(1)
 
 
+RAY_WARNINGS_NOTE = ("Ray may log once that an actor has constructor arguments in the object store, and that many "
+                     "worker processes started: both are expected here (README, Troubleshooting: Ray's start-up warnings)")
+
+
 def init_ray(rc: RayConfig) -> None:
     """Join the cluster named by the config or $RAY_ADDRESS (as under `ray job submit`), else start a
     local Ray sized by the config. An already-initialised Ray (a notebook, the test session) is reused."""
@@ -245,8 +249,7 @@ def _run(cfg: RunConfig, store: OutputStore, run_id: str, config_path: str | Non
     store.prepare()
     marker_nonce = cfg.marker_nonce or store.marker_nonce()
     init_ray(cfg.ray)
-    log.info("Ray may log once that an actor has constructor arguments in the object store, and that many worker "
-             "processes started: both are expected here (README, Troubleshooting: Ray's start-up warnings)")
+    log.info(RAY_WARNINGS_NOTE)
     env = {"env_vars": {**WORKER_ENV, **cfg.ray.env_vars}}
 
     kept, rejects = plan_prompts(cfg, env)
