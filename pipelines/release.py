@@ -72,8 +72,6 @@ WORK = ".work"                      # pass 1's intermediates, inside the staging
 IMAGE_COLUMNS = ("image_w", "image_l")
 VIDEO_COLUMNS = ("video_w", "video_l")    # video categories' videos; their image_w / image_l are the first frames
 MEDIA_COLUMNS = IMAGE_COLUMNS + VIDEO_COLUMNS
-# Pass 1 reads these only: everything a decision needs, no pixels.
-DECISION_COLUMNS = ["pair_id", "category", "prompt", "prompt_l", "label_source", "confidence", "agreement"]
 _PUNCT = re.compile(r"[\W_]+", re.UNICODE)
 
 
@@ -155,13 +153,13 @@ class UniqueTest:
         return self
 
     def chosen(self, key: int, h: float) -> bool:
-        i = int(np.searchsorted(self.keys, np.uint64(key)))
-        return i < len(self.keys) and int(self.keys[i]) == key and self.hashes[i] == h
+        return bool(self.chosen_many(np.array([key], np.uint64), np.array([h], np.float64))[0])
 
     def chosen_many(self, keys: np.ndarray, hashes: np.ndarray) -> np.ndarray:
-        i = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
+        """For each (prompt key, sample hash): is it its prompt's `test_unique` pair?"""
         if not len(self.keys):
             return np.zeros(len(keys), bool)
+        i = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
         return (self.keys[i] == keys) & (self.hashes[i] == hashes)
 
     def __len__(self) -> int:
@@ -369,7 +367,7 @@ class Selector:
         cfg, sel = self.cfg, self.cfg.selection
         index, category = item["index"], item["category"]
         cap = sel.max_pairs.get(category)
-        read, selected, dropped, contaminated = 0, 0, Counter(), {}
+        read, dropped, contaminated = 0, Counter(), {}
         smallest: list[float] = []        # max-heap (negated) of the `cap` smallest sample hashes
         test_keys, test_hashes = [], []
         writers: dict[str, tuple[Path, pq.ParquetWriter]] = {}
@@ -398,7 +396,6 @@ class Selector:
                     if reasons[k] is not None:
                         dropped[reasons[k]] += 1
                         continue
-                    selected += 1
                     keep.append(k)
                     hashes.append(h)
                     keys.append(prompt_key(prompts[k]))
@@ -438,7 +435,7 @@ class Selector:
                 if tmp.exists():   # failed before it was published
                     writer.close()
                     tmp.unlink()
-        summary = {"index": index, "category": category, "read": read, "selected": selected, "dropped": dropped,
+        summary = {"index": index, "category": category, "read": read, "dropped": dropped,
                    "contaminated": contaminated, "parts": parts}
         return {"summary": json.dumps(summary), "cap_hashes": np.sort(-np.array(smallest, np.float64)).tobytes(),
                 "test_keys": np.array(test_keys, np.uint64).tobytes(), "test_hashes": np.array(test_hashes, np.float64).tobytes()}
@@ -474,7 +471,6 @@ def plan_release(sources: list[dict], cfg: ReleaseConfig, evals: list[tuple[str,
         category, index = s["category"], s["index"]
         plan.read[category] += s["read"]
         plan.dropped[category].update(s["dropped"])
-        selected[category] += s["selected"]
         for norm, m in s["contaminated"].items():
             # the report names the first input shard's match (the same whatever order the shards finished in)
             if norm in plan.contaminated:
@@ -485,6 +481,7 @@ def plan_release(sources: list[dict], cfg: ReleaseConfig, evals: list[tuple[str,
             plan.contaminated[norm], first[norm] = m, index
         for split, (rows, nbytes, meta_bytes) in s["parts"].items():
             plan.parts[(category, split)].append((index, rows, nbytes, meta_bytes))
+            selected[category] += rows
         cap = cfg.selection.max_pairs.get(category)
         if cap is not None:
             merged = np.concatenate([smallest.get(category, np.empty(0)), np.frombuffer(row["cap_hashes"], np.float64)])
@@ -541,9 +538,9 @@ def shard_specs(plan: Plan, cfg: ReleaseConfig, work: Path, trees: list[str], ke
     specs = []
     for category in sorted({c for c, _ in plan.parts}):
         for split in (*SPLITS, *(("test_unique",) if cfg.splits.test_unique else ())):
-            pieces = []
-            for index, rows, nbytes, meta_bytes in plan.parts.get((category, "test" if split == "test_unique" else split), []):
-                path = part_path(work, category, "test" if split == "test_unique" else split, index)
+            pieces, source = [], "test" if split == "test_unique" else split   # test_unique: a subset of test
+            for index, rows, nbytes, meta_bytes in plan.parts.get((category, source), []):
+                path = part_path(work, category, source, index)
                 n = kept.get((str(path), split == "test_unique"), rows)
                 if n:
                     pieces.append((str(path), n, nbytes / rows, meta_bytes / rows))

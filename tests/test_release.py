@@ -582,7 +582,7 @@ def test_release_workers_killed_mid_pass_are_retried_and_the_release_is_byte_ide
     write_synthetic_output(out, 16_000, rows_per_file=400, undecided_fraction=0.0)  # 40 input shards, no pixels
     cfg = ReleaseConfig.model_validate(release_config(**{"shard_size_mb": 0.05, "workers": 2}))
     # the clean release on one worker: the shards depend on the input and config, not on the parallelism
-    release([out], tmp_path / "clean", ReleaseConfig.model_validate({**cfg.model_dump(), "workers": 1}))
+    clean = release([out], tmp_path / "clean", ReleaseConfig.model_validate({**cfg.model_dump(), "workers": 1}))
     killed: dict[str, int] = {}
 
     def kill(title: str) -> None:
@@ -619,4 +619,5 @@ def test_release_workers_killed_mid_pass_are_retried_and_the_release_is_byte_ide
     ids = [i for f in (tmp_path / "faulty" / "data").glob("*/*.parquet") if not f.name.startswith("test_unique")
            for i in pq.read_table(f, columns=["pair_id"])["pair_id"].to_pylist()]
     assert len(ids) == len(set(ids)) == report["totals"]["released_pairs"] == 16_000
+    assert report["config_hash"] == clean["config_hash"] and "workers" not in report["config"]  # how it ran is not what it holds
     assert not [p for p in tmp_path.rglob(".tmp-*")]
